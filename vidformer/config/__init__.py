@@ -1,0 +1,93 @@
+"""Configuration: fvcore CfgNode defaults (defaults.py), YAML files with `_BASE_` inheritance, and
+`KEY VALUE` overrides from the command line. Every problem is a ConfigError naming the key or file."""
+
+import ast
+import os
+from typing import Sequence
+
+import yaml
+from fvcore.common.config import CfgNode
+
+from vidformer.config.defaults import get_defaults
+from vidformer.errors import ConfigError
+
+__all__ = ["get_cfg", "CfgNode", "ConfigError", "model_overrides"]
+
+
+def get_cfg(config_file: str | None = None, overrides: Sequence[str] = ()) -> CfgNode:
+    """Defaults, then `config_file` (following `_BASE_` chains), then `KEY VALUE` overrides; frozen."""
+    cfg = get_defaults()
+    if config_file:
+        _merge_file(cfg, config_file)
+    if overrides:
+        _merge_overrides(cfg, list(overrides))
+    _validate(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def model_overrides(cfg: CfgNode) -> dict:
+    """MODEL.OVERRIDES parsed into builder keyword arguments."""
+    try:
+        value = ast.literal_eval(cfg.MODEL.OVERRIDES) if cfg.MODEL.OVERRIDES else {}
+    except (ValueError, SyntaxError) as e:
+        raise ConfigError(f"MODEL.OVERRIDES {cfg.MODEL.OVERRIDES!r} is not a Python dict literal: {e}") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"MODEL.OVERRIDES must be a dict literal, got {cfg.MODEL.OVERRIDES!r}")
+    return value
+
+
+def _merge_file(cfg: CfgNode, path: str) -> None:
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        loaded = CfgNode.load_yaml_with_base(path, allow_unsafe=False)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {e}") from None
+    except (FileNotFoundError, AssertionError, OSError) as e:
+        # a _BASE_ that points nowhere lands here
+        raise ConfigError(f"config file '{path}': {e}") from None
+    try:
+        cfg.merge_from_other_cfg(CfgNode(loaded))
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"config file '{path}': {_explain(e)}") from None
+
+
+def _merge_overrides(cfg: CfgNode, overrides: list[str]) -> None:
+    if len(overrides) % 2:
+        raise ConfigError(
+            f"overrides come in KEY VALUE pairs; got an odd number ({len(overrides)}): {' '.join(overrides)}"
+        )
+    try:
+        cfg.merge_from_list(overrides)
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"command-line override: {_explain(e)}") from None
+
+
+def _explain(e: Exception) -> str:
+    text = e.args[0] if e.args else str(e)
+    if isinstance(e, KeyError) and "Non-existent config key" in text:
+        key = text.split(":", 1)[1].strip()
+        return f"unknown key '{key}' (see vidformer/config/defaults.py for the keys that exist)"
+    return str(text)
+
+
+_CHOICES = {
+    "TRAIN.MIXED_PRECISION": ("none", "bf16", "fp16"),
+    "TRAIN.CHECKPOINT_INFLATE": ("center", "average"),
+    "TEST.ENSEMBLE_METHOD": ("sum", "logits", "max"),
+    "DATA.DECODING_BACKEND": ("pyav", "decord", "torchcodec"),
+    "DATA.DATASET": ("kinetics", "ssv2", "folder", "imagefolder", "synthetic"),
+    "SOLVER.OPTIMIZING_METHOD": ("adamw", "sgd"),
+    "AUG.RE_MODE": ("pixel", "const"),
+}
+
+
+def _validate(cfg: CfgNode) -> None:
+    for key, choices in _CHOICES.items():
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        if node not in choices:
+            raise ConfigError(f"{key} is {node!r}; expected one of {', '.join(choices)}")
+    model_overrides(cfg)

@@ -1,0 +1,74 @@
+"""Convolutions over (B, C, T, H, W) whose weight is stored 2-D when the temporal kernel is 1.
+
+This is what makes "T=1 is the image model" literal: an image model's patch embedding or
+pooling conv has a weight of shape (out, in, kh, kw), exactly as in image checkpoints, and the
+video model's has (out, in, kt, kh, kw). Both run as one 3-D convolution (the 2-D weight is
+viewed with a temporal axis of 1), so there is no separate image code path.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def triple(v) -> tuple[int, int, int]:
+    """An int or a (t, h, w) sequence as a (t, h, w) tuple."""
+    if isinstance(v, int):
+        return (v, v, v)
+    v = tuple(int(i) for i in v)
+    if len(v) != 3:
+        raise ValueError(f"expected an int or a (t, h, w) triple, got {v}")
+    return v
+
+
+class SpaceTimeConv(nn.Module):
+    """Conv3d on (B, C, T, H, W); weight (out, in/groups, kh, kw) if the temporal kernel is 1."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 groups: int = 1, bias: bool = True):
+        super().__init__()
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride, self.padding = triple(kernel_size), triple(stride), triple(padding)
+        spatial = self.kernel_size[1:] if self.kernel_size[0] == 1 else self.kernel_size
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *spatial))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # same default as torch.nn.ConvNd
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight[0].numel()
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight if self.weight.ndim == 5 else self.weight.unsqueeze(2)
+        return F.conv3d(x, weight, self.bias, self.stride, self.padding, 1, self.groups)
+
+    def output_size(self, thw: tuple[int, int, int]) -> tuple[int, int, int]:
+        """Grid size after this conv for an input grid (T, H, W)."""
+        return tuple((n + 2 * p - k) // s + 1 for n, k, s, p in zip(thw, self.kernel_size, self.stride, self.padding))
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, groups={self.groups}, bias={self.bias is not None}")
+
+
+class CubePatchEmbed(nn.Module):
+    """Patchify a clip into a grid of tokens with one SpaceTimeConv: (B, 3, T, H, W) -> (B, C, T', H', W').
+
+    With num_frames=1 pass a temporal kernel/stride/padding of 1/1/0; the weight is then 2-D and
+    image checkpoints load as they are.
+    """
+
+    def __init__(self, in_channels: int, embed_dim: int, kernel_size, stride, padding=0,
+                 norm: nn.Module | None = None):
+        super().__init__()
+        self.proj = SpaceTimeConv(in_channels, embed_dim, kernel_size, stride, padding)
+        self.norm = norm if norm is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(x))

@@ -1,0 +1,6 @@
+"""Model families, one file each, and the registry that builds them by name."""
+
+from vidformer.models.base import CheckpointLayout, PretrainedCfg, VideoModel
+from vidformer.models.registry import create_model, list_models, register_model
+
+__all__ = ["CheckpointLayout", "PretrainedCfg", "VideoModel", "create_model", "list_models", "register_model"]

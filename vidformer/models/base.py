@@ -1,0 +1,86 @@
+"""What every vidformer model is: the shared classifier API and the checkpoint-layout hook.
+
+A family's model subclasses VideoModel and implements `forward_features` (clip -> pooled
+features before the head's dropout) and `forward_head`. The family file also lists the
+checkpoint layouts it understands (`checkpoint_layouts`); vidformer.checkpoint detects which one a
+file is in and calls its converter.
+"""
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from vidformer.layers import as_video
+
+StateDict = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class CheckpointLayout:
+    """A foreign checkpoint layout a family can load.
+
+    detect(state_dict) says whether an (unwrapped) state dict is in this layout.
+    convert(state_dict, model) returns it under this model's key names. Shapes may still differ
+    (2-D kernels, other table lengths, another class count): the loader adapts and reports those.
+    convert may also set model options that the layout implies (e.g. a head variant).
+    """
+
+    name: str
+    detect: Callable[[StateDict], bool]
+    convert: Callable[[StateDict, nn.Module], StateDict]
+    description: str = ""
+
+
+@dataclass
+class PretrainedCfg:
+    """How a model's weights expect to be fed, kept next to the weights (and in native checkpoints)."""
+
+    mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
+    std: tuple[float, float, float] = (0.225, 0.225, 0.225)
+    num_frames: int = 16
+    sampling_rate: int = 4
+    crop_size: int = 224
+    source: str = "random init"
+    extra: dict = field(default_factory=dict)
+
+
+class VideoModel(nn.Module):
+    """Base of all families: (B, 3, T, H, W) or (B, 3, H, W) in, (B, num_classes) logits out."""
+
+    checkpoint_layouts: tuple[CheckpointLayout, ...] = ()
+
+    def __init__(self):
+        super().__init__()
+        self.pretrained_cfg = PretrainedCfg()
+        self.grad_checkpointing = False
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(as_video(x)))
+
+    def get_classifier(self) -> nn.Module:
+        """The final classifier layer (its keys are dropped when a checkpoint's class count differs)."""
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        old = self.get_classifier()
+        new = nn.Linear(old.in_features, num_classes) if num_classes > 0 else nn.Identity()
+        self._replace_classifier(new)
+        self.num_classes = num_classes
+
+    def _replace_classifier(self, new: nn.Module) -> None:
+        self.head = new
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names that get no weight decay (besides 1-D parameters, which the optimizer exempts)."""
+        return set()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
