@@ -1,0 +1,1 @@
+"""Video data: decoders, datasets, clip sampling, transforms, mixup/cutmix and a synthetic dataset generator."""
