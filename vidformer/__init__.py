@@ -2,7 +2,8 @@
 
 __version__ = "0.1.0"
 
+from vidformer.checkpoint import load_pretrained
 from vidformer.config import get_cfg
 from vidformer.models import create_model, list_models
 
-__all__ = ["__version__", "create_model", "get_cfg", "list_models"]
+__all__ = ["__version__", "create_model", "get_cfg", "list_models", "load_pretrained"]

@@ -39,8 +39,35 @@ def _flops(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert_args(p: argparse.ArgumentParser, inflate: bool = False) -> None:
+    p.add_argument("src", help="checkpoint to read (path or iopath URI; any layout the model knows)")
+    p.add_argument("dst", help="native checkpoint to write (.pth, or .safetensors for the bare state dict)")
+    p.add_argument("--model", required=True, help="registered model name")
+    p.add_argument("--num-frames", type=int, required=inflate, default=None,
+                   help="frames of the target model (1 = image model)")
+    p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--num-classes", type=int, default=None, help="default: the checkpoint's class count")
+    p.add_argument("--method", choices=("center", "average"), default="center",
+                   help="2-D -> 3-D kernel inflation (center: exact on static clips; average: I3D)")
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from vidformer.checkpoint import convert_checkpoint
+
+    if args.verb == "inflate" and args.num_frames < 2:
+        raise UsageError(f"inflate makes a video model: --num-frames must be >= 2, got {args.num_frames}")
+    report = convert_checkpoint(args.src, args.dst, args.model, num_frames=args.num_frames, img_size=args.img_size,
+                                num_classes=args.num_classes, inflate=args.method)
+    print(report)
+    print(f"wrote {args.dst}")
+    return 0
+
+
 VERBS = {
     "flops": ("parameters (M) and GFLOPs per view of a registered model", _flops_args, _flops),
+    "convert": ("convert a checkpoint (any known layout) into a native vidformer checkpoint", _convert_args, _convert),
+    "inflate": ("inflate an image checkpoint into a video model's native checkpoint",
+                lambda p: _convert_args(p, inflate=True), _convert),
 }
 
 

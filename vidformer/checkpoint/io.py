@@ -1,0 +1,97 @@
+"""Reading and writing checkpoint files safely.
+
+Reading never runs code: pickles load with torch.load(weights_only=True) (safetensors files with
+safetensors). Writing is atomic: a temp file in the target folder, fsync, then rename, so a killed
+process leaves either the old checkpoint or the new one, never half of one.
+"""
+
+import os
+import pickle
+import tempfile
+import zipfile
+
+import torch
+from iopath.common.file_io import PathManager
+
+from vidformer.errors import UsageError
+
+path_manager = PathManager()
+
+_CONTAINERS = ("model_state", "state_dict", "model", "module", "model_ema", "net")
+_PREFIXES = ("module.", "_orig_mod.", "model.")
+
+
+def load_checkpoint_file(path: str) -> dict:
+    """The object stored in a checkpoint file (a .pt/.pth/.pyth pickle or a .safetensors file)."""
+    if not path_manager.exists(path):
+        raise UsageError(f"checkpoint '{path}' does not exist")
+    local = path_manager.get_local_path(path)
+    if local.endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(local)
+        except (SafetensorError, OSError) as e:
+            raise UsageError(f"checkpoint '{path}' is not a readable safetensors file: {e}") from None
+    try:
+        return torch.load(local, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UsageError(
+            f"checkpoint '{path}' needs code to be unpickled, which could run anything, so vidformer refuses it "
+            f"({str(e).splitlines()[0][:200]}). If you trust the file, re-save its tensors once with plain torch: "
+            f"python -c \"import torch; torch.save(torch.load('{path}', weights_only=False), 'clean.pth')\" "
+            f"(or keep only its state dict), then load clean.pth."
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        raise UsageError(
+            f"checkpoint '{path}' is truncated or not a PyTorch checkpoint ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200]})"
+        ) from None
+
+
+def save_checkpoint(obj, path: str) -> None:
+    """torch.save `obj` to `path` atomically (temp file + fsync + rename) through iopath."""
+    local_dir = os.path.dirname(path) or "."
+    path_manager.mkdirs(local_dir)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=os.path.basename(path), dir=local_dir)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def unwrap_state_dict(obj) -> tuple[dict[str, torch.Tensor], str]:
+    """Find the state dict inside common containers and strip wrapper prefixes.
+
+    Returns the state dict and where it was found (e.g. "['model_state']", "module. stripped").
+    """
+    where = []
+    while isinstance(obj, dict) and not _is_state_dict(obj):
+        key = next((k for k in _CONTAINERS if k in obj and isinstance(obj[k], dict)), None)
+        if key is None:
+            raise UsageError(
+                f"no state dict found: the checkpoint is a dict with keys {sorted(obj)[:12]}; expected tensors "
+                f"or one of the containers {', '.join(_CONTAINERS)}"
+            )
+        where.append(f"['{key}']")
+        obj = obj[key]
+    if not isinstance(obj, dict):
+        raise UsageError(f"the checkpoint holds a {type(obj).__name__}, not a state dict")
+    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    for prefix in _PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+            where.append(f"'{prefix}' stripped")
+    return state, " ".join(where) or "top level"
+
+
+def _is_state_dict(d: dict) -> bool:
+    tensors = sum(isinstance(v, torch.Tensor) for v in d.values())
+    return tensors > 0 and tensors >= len(d) // 2
