@@ -47,6 +47,10 @@ def _merge_file(cfg: CfgNode, path: str) -> None:
     except (FileNotFoundError, AssertionError, OSError) as e:
         # a _BASE_ that points nowhere lands here
         raise ConfigError(f"config file '{path}': {e}") from None
+    except TypeError:
+        # fvcore reads an empty file (or a base file) as None
+        raise ConfigError(f"config file '{path}' (or a file it inherits with _BASE_) is empty or not a "
+                          f"mapping of SECTION: {{KEY: VALUE}}") from None
     try:
         cfg.merge_from_other_cfg(CfgNode(loaded))
     except (KeyError, ValueError) as e:
@@ -60,13 +64,13 @@ def _merge_overrides(cfg: CfgNode, overrides: list[str]) -> None:
         )
     try:
         cfg.merge_from_list(overrides)
-    except (KeyError, ValueError) as e:
+    except (KeyError, ValueError, AssertionError) as e:
         raise ConfigError(f"command-line override: {_explain(e)}") from None
 
 
 def _explain(e: Exception) -> str:
     text = e.args[0] if e.args else str(e)
-    if isinstance(e, KeyError) and "Non-existent config key" in text:
+    if "Non-existent" in text:  # fvcore says "config key: X" (files), yacs "key: X" (overrides)
         key = text.split(":", 1)[1].strip()
         return f"unknown key '{key}' (see vidformer/config/defaults.py for the keys that exist)"
     return str(text)

@@ -1,0 +1,181 @@
+"""Foundation: config loading and errors, registry, shared layers, FLOPs counting, CLI."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import vidformer
+from vidformer.cli import VERBS, build_parser, main
+from vidformer.config import get_cfg
+from vidformer.errors import ConfigError, UsageError
+from vidformer.flops import count_flops, model_flops
+from vidformer.layers import (CubePatchEmbed, DropPath, GroupNorm1, LayerNormChannels, Mlp, SpaceTimeConv, as_video,
+                              attention, drop_path_rates, to_grid, to_tokens)
+
+
+# ---------------------------------------------------------------- config
+
+def test_base_inheritance_then_file_then_command_line(tmp_path):
+    (tmp_path / "base.yaml").write_text("DATA:\n  NUM_FRAMES: 8\n  SAMPLING_RATE: 8\nSOLVER:\n  BASE_LR: 0.1\n")
+    (tmp_path / "child.yaml").write_text("_BASE_: base.yaml\nDATA:\n  NUM_FRAMES: 32\n")
+    cfg = get_cfg(str(tmp_path / "child.yaml"), ["SOLVER.BASE_LR", "0.5", "TRAIN.BATCH_SIZE", "3"])
+    assert (cfg.DATA.NUM_FRAMES, cfg.DATA.SAMPLING_RATE) == (32, 8)
+    assert cfg.SOLVER.BASE_LR == 0.5 and cfg.TRAIN.BATCH_SIZE == 3
+    assert cfg.is_frozen()
+
+
+@pytest.mark.parametrize("text, overrides, message", [
+    ("DATA:\n  NUM_FRAME: 8\n", [], "unknown key 'DATA.NUM_FRAME'"),
+    ("{}\n", ["TRAIN.BATCHSIZE", "4"], "unknown key 'TRAIN.BATCHSIZE'"),
+    ("{}\n", ["TRAIN.BATCH_SIZE", "'many'"], "TRAIN.BATCH_SIZE"),
+    ("{}\n", ["TRAIN.BATCH_SIZE"], "KEY VALUE pairs"),
+    ("{}\n", ["TRAIN.MIXED_PRECISION", "fp8"], "TRAIN.MIXED_PRECISION is 'fp8'; expected one of none, bf16, fp16"),
+    ("DATA: [unclosed\n", [], "not valid YAML"),
+    ("_BASE_: nowhere.yaml\n", [], "nowhere.yaml"),
+])
+def test_config_errors_name_the_key_or_file(tmp_path, text, overrides, message):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        get_cfg(str(path), overrides)
+    assert message in str(e.value)
+
+
+def test_missing_config_file_is_named():
+    with pytest.raises(ConfigError, match="config file 'no/such.yaml' does not exist"):
+        get_cfg("no/such.yaml")
+
+
+# ---------------------------------------------------------------- registry
+
+def test_registry_lists_and_builds():
+    assert "toy_video" in vidformer.list_models("toy_*")
+    model = vidformer.create_model("toy_video", num_classes=3, num_frames=2)
+    assert model(torch.randn(1, 3, 2, 32, 32)).shape == (1, 3)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3)  # a 4-D input is a T=1 clip
+
+
+def test_registry_errors_suggest_close_names():
+    with pytest.raises(UsageError, match="unknown model 'toy_vdeo'; did you mean toy_video"):
+        vidformer.create_model("toy_vdeo")
+    with pytest.raises(UsageError, match="model 'toy_video': .*unexpected keyword argument 'widht'"):
+        vidformer.create_model("toy_video", widht=3)
+    with pytest.raises(UsageError, match="num_frames must be >= 1"):
+        vidformer.create_model("toy_video", num_frames=0)
+
+
+# ---------------------------------------------------------------- layers
+
+@pytest.mark.parametrize("frames, kt", [(1, 1), (8, 3)])
+def test_patch_embed_and_tokens_shapes(frames, kt):
+    embed = CubePatchEmbed(3, 16, (kt, 7, 7), (min(kt, 2), 4, 4), (kt // 2, 3, 3), norm=LayerNormChannels(16))
+    # the image geometry stores a 2-D weight: image checkpoints load without reshaping
+    assert embed.proj.weight.ndim == (4 if kt == 1 else 5)
+    x = embed(torch.randn(2, 3, frames, 32, 32))
+    expected = embed.proj.output_size((frames, 32, 32))
+    assert x.shape == (2, 16, *expected) and expected[1:] == (8, 8)
+    tokens, thw = to_tokens(x)
+    assert tokens.shape == (2, expected[0] * 64, 16) and thw == expected
+    assert torch.equal(to_grid(tokens, thw), x)
+    with pytest.raises(ValueError, match="do not fill a grid"):
+        to_grid(tokens[:, 1:], thw)
+
+
+def test_space_time_conv_with_kt1_equals_conv2d_per_frame():
+    conv = SpaceTimeConv(4, 6, (1, 3, 3), (1, 2, 2), (0, 1, 1), groups=2)
+    ref = nn.Conv2d(4, 6, 3, 2, 1, groups=2)
+    ref.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 4, 3, 9, 9)
+    per_frame = torch.stack([ref(x[:, :, t]) for t in range(3)], dim=2)
+    assert torch.allclose(conv(x), per_frame, atol=1e-6)
+
+
+def test_as_video_and_small_layers():
+    assert as_video(torch.zeros(2, 3, 8, 8)).shape == (2, 3, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"\(B, C, T, H, W\)"):
+        as_video(torch.zeros(3, 8, 8))
+    x = torch.randn(2, 5, 3, 4, 4)
+    assert torch.allclose(LayerNormChannels(5)(x), nn.functional.layer_norm(x.movedim(1, -1), (5,)).movedim(-1, 1),
+                          atol=1e-6)
+    gn = GroupNorm1(5)(x)
+    assert torch.allclose(gn.mean(dim=(1, 2, 3, 4)), torch.zeros(2), atol=1e-5)
+    assert Mlp(5, 20)(torch.randn(3, 5)).shape == (3, 5)
+    assert drop_path_rates(0.2, 3) == [0.0, 0.1, 0.2]
+    dp = DropPath(0.5).train()
+    y = dp(torch.ones(1000, 4))
+    assert set(y[:, 0].tolist()) <= {0.0, 2.0} and 0.3 < (y[:, 0] > 0).float().mean() < 0.7
+    assert torch.equal(dp.eval()(x), x)
+
+
+def test_attention_matches_explicit_softmax_with_bias():
+    q, k, v = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 7, 4), torch.randn(2, 3, 7, 4)
+    bias = torch.randn(2, 3, 5, 7)
+    ref = torch.softmax(q @ k.transpose(-1, -2) * 0.5 + bias, dim=-1) @ v
+    assert torch.allclose(attention(q, k, v, bias), ref, atol=1e-5)
+
+
+# ---------------------------------------------------------------- FLOPs
+
+class ConvLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(3, 8, (3, 3, 3), padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean(dim=(2, 3, 4)))
+
+
+def test_flops_match_a_hand_count():
+    x = torch.zeros(1, 3, 4, 6, 6)
+    # conv: one multiply-add per output element per kernel tap; linear: in x out
+    by_hand = 8 * (4 * 6 * 6) * (3 * 27) + 8 * 10
+    assert count_flops(ConvLinear(), x) * 1e9 == pytest.approx(by_hand)
+
+
+def test_flops_count_fused_attention_like_explicit_matmuls():
+    class Attn(nn.Module):
+        def __init__(self, explicit):
+            super().__init__()
+            self.explicit, self.lin = explicit, nn.Linear(4, 4)
+
+        def forward(self, x):
+            q = self.lin(x).reshape(1, 2, 9, 4)
+            if self.explicit:
+                return torch.softmax(q @ q.transpose(-1, -2), -1) @ q
+            return attention(q, q, q)
+
+    x = torch.zeros(18, 4)
+    assert count_flops(Attn(True), x) == pytest.approx(count_flops(Attn(False), x))
+
+
+def test_model_flops_reports_params_and_input():
+    report = model_flops(vidformer.create_model("toy_video", num_frames=4), 4, 32)
+    assert report.input_shape == (1, 3, 4, 32, 32) and report.gflops > 0
+    assert "1 multiply-add = 1 FLOP" in str(report)
+
+
+# ---------------------------------------------------------------- CLI
+
+def test_help_lists_only_working_verbs(capsys):
+    assert main([]) == 2
+    text = capsys.readouterr().out
+    for verb in VERBS:
+        assert verb in text
+    assert set(build_parser()._subparsers._group_actions[0].choices) == set(VERBS)
+
+
+def test_cli_flops_on_a_registered_model(capsys):
+    assert main(["flops", "toy_video", "--num-frames", "4", "--img-size", "32", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"] == "toy_video" and out["input_shape"] == [1, 3, 4, 32, 32] and out["gflops"] > 0
+    assert main(["flops", "no_such_model"]) == 2
+    assert "unknown model 'no_such_model'" in capsys.readouterr().err
+
+
+def test_an_empty_config_file_is_a_clear_error(tmp_path):
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(ConfigError, match="is empty or not a mapping"):
+        get_cfg(str(tmp_path / "empty.yaml"))
