@@ -1,0 +1,364 @@
+"""PoolFormer / MetaFormer (Yu et al., CVPR 2022) in space-time, with a pluggable token mixer.
+
+One class serves images (num_frames=1: 2-D kernels, loads ImageNet checkpoints as they are) and
+clips (3x3x3 pooling, a temporal kernel and stride in the patch embeddings). Checkpoint layouts:
+the official sail-sg/poolformer release and timm's `poolformer_*` (v1) in timm/models/metaformer.py.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from vidformer.errors import UsageError
+from vidformer.layers import (CubePatchEmbed, DropPath, GroupNorm1, SpaceTimeConv, attention, drop_path_rates,
+                              to_grid, to_tokens)
+from vidformer.models.base import CheckpointLayout, PretrainedCfg, StateDict, VideoModel
+from vidformer.models.registry import register_model
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+MIXERS = ("pool", "identity", "dwconv", "attention")
+# MetaFormer paper, Table 6: pooling in stages 1-2 and attention in stages 3-4 was the best hybrid (S12: 81.0 top-1).
+HYBRID = ("pool", "pool", "attention", "attention")
+
+# The two head orders. Official PoolFormer: GroupNorm-1 over the final (C, T, H, W) map, then the mean.
+# timm's MetaFormer: the mean first, then LayerNorm over channels (eps 1e-6). Not the same function,
+# because GroupNorm-1's statistics include the spatial variance; each checkpoint was trained with its own.
+HEAD_NORMS = ("pre_pool", "post_pool")
+
+
+@dataclass(frozen=True)
+class StageCfg:
+    """One stage: a patch embedding (the stem for stage 0) then `depth` MetaFormer blocks."""
+
+    depth: int
+    dim: int
+    mixer: str
+    kernel_t: int  # temporal kernel of the stage's patch embedding
+    stride_t: int  # temporal stride of the stage's patch embedding
+    layer_scale_init: float
+
+
+class Pooling(nn.Module):
+    """PoolFormer's mixer AvgPool(x) - x; the block's residual adds x back (sail-sg/poolformer#1).
+
+    Padding is not counted, so a constant input gives exactly zero, borders included, and a T=1 clip
+    meets exactly the 2-D pool whatever the temporal window.
+    """
+
+    def __init__(self, pool_size: int = 3, pool_size_t: int = 3):
+        super().__init__()
+        self.kernel_size = (pool_size_t, pool_size, pool_size)
+        self.padding = tuple(k // 2 for k in self.kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._average(x) - x
+
+    def _average(self, x: torch.Tensor) -> torch.Tensor:
+        if all(n >= k for n, k in zip(x.shape[2:], self.kernel_size)):
+            return F.avg_pool3d(x, self.kernel_size, 1, self.padding, count_include_pad=False)
+        # avg_pool3d refuses grids smaller than the window (avg_pool2d does not), which happens at small
+        # crops or short clips: the same average as window sum / number of real (unpadded) elements.
+        pad = tuple(p for p in reversed(self.padding) for _ in range(2))
+        window_mean = F.avg_pool3d(F.pad(x, pad), self.kernel_size, 1)
+        real_fraction = F.avg_pool3d(F.pad(torch.ones_like(x[:1, :1]), pad), self.kernel_size, 1)
+        return window_mean / real_fraction
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, count_include_pad=False"
+
+
+class DepthwiseConvMixer(nn.Module):
+    """A learned depthwise conv in place of the pooling (the MetaFormer ablation's "depthwise convolution")."""
+
+    def __init__(self, dim: int, kernel_size: int = 3, kernel_t: int = 3):
+        super().__init__()
+        self.conv = SpaceTimeConv(dim, dim, (kernel_t, kernel_size, kernel_size),
+                                  padding=(kernel_t // 2, kernel_size // 2, kernel_size // 2), groups=dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class GlobalAttention(nn.Module):
+    """Multi-head self-attention over all T*H*W tokens (MetaFormer's attention mixer: head_dim 32, no qkv bias)."""
+
+    def __init__(self, dim: int, head_dim: int = 32):
+        super().__init__()
+        if dim % head_dim:
+            raise UsageError(f"attention mixer: width {dim} is not a multiple of attn_head_dim {head_dim}")
+        self.num_heads, self.head_dim = dim // head_dim, head_dim
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens, thw = to_tokens(x)  # (B, N, C)
+        b, n, c = tokens.shape
+        q, k, v = self.qkv(tokens).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        out = attention(q, k, v).transpose(1, 2).reshape(b, n, c)  # (B, N, C)
+        return to_grid(self.proj(out), thw)
+
+
+class ConvMlp(nn.Module):
+    """PoolFormer's MLP as 1x1x1 convs (weights (out, in, 1, 1), as in the official checkpoints)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = SpaceTimeConv(dim, hidden, 1)
+        self.act = nn.GELU()
+        self.fc2 = SpaceTimeConv(hidden, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def _make_mixer(name: str, dim: int, pool_size_t: int, attn_head_dim: int) -> nn.Module:
+    if name == "pool":
+        return Pooling(3, pool_size_t)
+    if name == "identity":
+        return nn.Identity()
+    if name == "dwconv":
+        return DepthwiseConvMixer(dim, 3, pool_size_t)
+    return GlobalAttention(dim, attn_head_dim)
+
+
+class MetaFormerBlock(nn.Module):
+    """x + ls1 * mixer(GN(x)), then x + ls2 * MLP(GN(x)), each branch under stochastic depth."""
+
+    def __init__(self, dim: int, mixer: nn.Module, mlp_ratio: float, layer_scale_init: float, drop_path: float):
+        super().__init__()
+        self.norm1 = GroupNorm1(dim)
+        self.token_mixer = mixer
+        self.norm2 = GroupNorm1(dim)
+        self.mlp = ConvMlp(dim, int(dim * mlp_ratio))
+        self.layer_scale1 = nn.Parameter(torch.full((dim,), layer_scale_init))
+        self.layer_scale2 = nn.Parameter(torch.full((dim,), layer_scale_init))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ls1, ls2 = (s.view(-1, 1, 1, 1) for s in (self.layer_scale1, self.layer_scale2))
+        x = x + self.drop_path(ls1 * self.token_mixer(self.norm1(x)))
+        return x + self.drop_path(ls2 * self.mlp(self.norm2(x)))
+
+
+class PoolFormerStage(nn.Module):
+    """Downsample (not in stage 0, whose embedding is the model's stem), then the blocks."""
+
+    def __init__(self, in_dim: int, cfg: StageCfg, downsample: bool, drop_paths: list[float], mlp_ratio: float,
+                 pool_size_t: int, attn_head_dim: int):
+        super().__init__()
+        # between stages: 3x3 stride 2 pad 1 (no norm), gaining the stage's temporal kernel/stride
+        self.downsample = CubePatchEmbed(in_dim, cfg.dim, (cfg.kernel_t, 3, 3), (cfg.stride_t, 2, 2),
+                                         (cfg.kernel_t // 2, 1, 1)) if downsample else nn.Identity()
+        self.blocks = nn.ModuleList(
+            MetaFormerBlock(cfg.dim, _make_mixer(cfg.mixer, cfg.dim, pool_size_t, attn_head_dim), mlp_ratio,
+                            cfg.layer_scale_init, p)
+            for p in drop_paths)
+
+
+class PoolFormer(VideoModel):
+    """MetaFormer with a per-stage token mixer; PoolFormer when every stage pools.
+
+    token_mixers: one of "pool", "identity", "dwconv", "attention", "hybrid" (pool, pool, attention,
+    attention), or one name per stage. temporal_kernels / temporal_strides: per patch embedding (the
+    stem, then the three downsamples); all become 1 when num_frames == 1. head_norm: "pre_pool"
+    (official PoolFormer) or "post_pool" (timm); the checkpoint layouts set it.
+    """
+
+    def __init__(self, depths=(2, 2, 6, 2), dims=(64, 128, 320, 512), token_mixers="pool", mlp_ratio: float = 4.0,
+                 layer_scale_init: float = 1e-5, temporal_kernels=(3, 1, 1, 1), temporal_strides=(2, 1, 1, 1),
+                 pool_size_t: int = 3, attn_head_dim: int = 32, head_norm: str = "pre_pool", num_classes: int = 400,
+                 num_frames: int = 16, img_size: int = 224, drop_path_rate: float = 0.0, head_dropout: float = 0.0):
+        super().__init__()
+        self.stage_cfgs = _stage_cfgs(depths, dims, token_mixers, layer_scale_init, temporal_kernels,
+                                      temporal_strides, num_frames)
+        if num_frames == 1:
+            pool_size_t = 1
+        stem = self.stage_cfgs[0]
+        # stem: 7x7 stride 4 pad 2, no norm after it
+        self.stem = CubePatchEmbed(3, stem.dim, (stem.kernel_t, 7, 7), (stem.stride_t, 4, 4), (stem.kernel_t // 2, 2, 2))
+        rates = drop_path_rates(drop_path_rate, sum(depths))
+        stages, in_dim, start = [], stem.dim, 0
+        for i, cfg in enumerate(self.stage_cfgs):
+            stages.append(PoolFormerStage(in_dim, cfg, i > 0, rates[start:start + cfg.depth], mlp_ratio, pool_size_t,
+                                          attn_head_dim))
+            in_dim, start = cfg.dim, start + cfg.depth
+        self.stages = nn.ModuleList(stages)
+        self.num_features = in_dim
+        self.head_norm = _check_head_norm(head_norm)
+        self.norm = _head_norm_layer(head_norm, in_dim)
+        self.head_drop = nn.Dropout(head_dropout)
+        self.head = nn.Linear(in_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.num_classes = num_classes
+        self.pretrained_cfg = PretrainedCfg(mean=IMAGENET_MEAN, std=IMAGENET_STD, num_frames=num_frames,
+                                            crop_size=img_size)
+        self.apply(_init_weights)
+
+    def set_head_norm(self, mode: str) -> None:
+        """Switch between the official and timm head orders, keeping the norm's affine parameters."""
+        if _check_head_norm(mode) == self.head_norm:
+            return
+        new = _head_norm_layer(mode, self.num_features)
+        new.load_state_dict(self.norm.state_dict())
+        self.norm, self.head_norm = new, mode
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)  # (B, D0, T', H/4, W/4)
+        for stage in self.stages:
+            x = stage.downsample(x)
+            for block in stage.blocks:
+                if self.grad_checkpointing and torch.is_grad_enabled():
+                    x = checkpoint(block, x, use_reentrant=False)
+                else:
+                    x = block(x)
+        if self.head_norm == "pre_pool":
+            return self.norm(x).mean((2, 3, 4))  # (B, D)
+        return self.norm(x.mean((2, 3, 4)))
+
+    def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        feats = self.head_drop(feats)
+        return feats if pre_logits else self.head(feats)
+
+    def no_weight_decay(self) -> set[str]:
+        # layer scales and norms are 1-D and already exempt; PoolFormer has no position tables
+        return set()
+
+
+def _check_head_norm(mode: str) -> str:
+    if mode not in HEAD_NORMS:
+        raise UsageError(f"head_norm must be one of {', '.join(HEAD_NORMS)}, got {mode!r}")
+    return mode
+
+
+def _head_norm_layer(mode: str, dim: int) -> nn.Module:
+    return GroupNorm1(dim) if mode == "pre_pool" else nn.LayerNorm(dim, eps=1e-6)
+
+
+def _stage_cfgs(depths, dims, token_mixers, layer_scale_init, temporal_kernels, temporal_strides,
+                num_frames) -> tuple[StageCfg, ...]:
+    n = len(depths)
+    if token_mixers == "hybrid":
+        token_mixers = HYBRID
+    elif isinstance(token_mixers, str):
+        token_mixers = (token_mixers,) * n
+    for name, seq in (("dims", dims), ("token_mixers", token_mixers), ("temporal_kernels", temporal_kernels),
+                      ("temporal_strides", temporal_strides)):
+        if len(seq) != n:
+            raise UsageError(f"PoolFormer: {name} has {len(seq)} entries, expected one per stage ({n})")
+    bad = [m for m in token_mixers if m not in MIXERS]
+    if bad:
+        raise UsageError(f"token mixer(s) {bad} unknown; token_mixers takes 'hybrid' ({', '.join(HYBRID)}) or, "
+                         f"for all stages or per stage, one of {', '.join(MIXERS)}")
+    if num_frames == 1:
+        temporal_kernels, temporal_strides = (1,) * n, (1,) * n
+    return tuple(StageCfg(d, c, m, kt, st, layer_scale_init)
+                 for d, c, m, kt, st in zip(depths, dims, token_mixers, temporal_kernels, temporal_strides))
+
+
+def _init_weights(m: nn.Module) -> None:
+    # official PoolFormer: trunc_normal(0.02) for Linear and the MLP's 1x1 convs; patch convs keep torch's default
+    if isinstance(m, (nn.Linear, ConvMlp)):
+        for layer in ([m] if isinstance(m, nn.Linear) else [m.fc1, m.fc2]):
+            nn.init.trunc_normal_(layer.weight, std=0.02)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoint layouts
+
+
+def _is_official(sd: StateDict) -> bool:
+    return "patch_embed.proj.weight" in sd and "network.0.0.mlp.fc1.weight" in sd
+
+
+def _convert_official(sd: StateDict, model: PoolFormer) -> StateDict:
+    """sail-sg/poolformer: `network` alternates stages (even indices) and downsamples (odd indices)."""
+    model.set_head_norm("pre_pool")
+    out = {}
+    for key, value in sd.items():
+        parts = key.split(".")
+        if parts[0] == "patch_embed":
+            key = "stem." + ".".join(parts[1:])
+        elif parts[0] == "network":
+            index = int(parts[1])
+            if index % 2:  # network.{1,3,5}.proj -> stages.{1,2,3}.downsample.proj
+                key = f"stages.{index // 2 + 1}.downsample." + ".".join(parts[2:])
+            else:  # network.{0,2,4,6}.{j}.layer_scale_1 -> stages.{0..3}.blocks.{j}.layer_scale1
+                rest = ".".join(parts[3:]).replace("layer_scale_", "layer_scale")
+                key = f"stages.{index // 2}.blocks.{parts[2]}.{rest}"
+        out[key] = value
+    return out
+
+
+def _is_timm(sd: StateDict) -> bool:
+    # v1 only: v2 (poolformerv2_*) has no MLP bias and no layer scale
+    return "stem.conv.weight" in sd and "stages.0.blocks.0.layer_scale1.scale" in sd and "head.fc.weight" in sd
+
+
+def _convert_timm(sd: StateDict, model: PoolFormer) -> StateDict:
+    """timm metaformer.py: stem.conv, stages.i.downsample.conv, layer_scaleN.scale, head.norm/head.fc."""
+    model.set_head_norm("post_pool")
+    out = {}
+    for key, value in sd.items():
+        key = key.replace("stem.conv.", "stem.proj.").replace("downsample.conv.", "downsample.proj.")
+        key = key.replace(".scale", "") if ".layer_scale" in key else key
+        if key.startswith("head.norm."):
+            key = key[len("head."):]
+        elif key.startswith("head.fc."):
+            key = "head." + key[len("head.fc."):]
+        out[key] = value
+    return out
+
+
+PoolFormer.checkpoint_layouts = (
+    CheckpointLayout("poolformer_official", _is_official, _convert_official,
+                     "sail-sg/poolformer v1 release (poolformer_s12.pth.tar ...); head: GroupNorm-1 then mean"),
+    CheckpointLayout("timm_poolformer", _is_timm, _convert_timm,
+                     "timm poolformer_* v1 (timm/models/metaformer.py); head: mean then LayerNorm (eps 1e-6)"),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Builders. Depths/dims, layer scale and drop-path rates from the PoolFormer paper / sail-sg/poolformer.
+
+
+def _poolformer(depths, dims, layer_scale_init, num_classes, num_frames, img_size, drop_path_rate, head_dropout,
+                kwargs) -> PoolFormer:
+    kwargs = dict(dict(depths=depths, dims=dims, layer_scale_init=layer_scale_init), **kwargs)
+    return PoolFormer(num_classes=num_classes, num_frames=num_frames, img_size=img_size,
+                      drop_path_rate=drop_path_rate, head_dropout=head_dropout, **kwargs)
+
+
+@register_model
+def poolformer_s12(num_classes=400, num_frames=16, img_size=224, drop_path_rate=0.1, head_dropout=0.0, **kwargs):
+    return _poolformer((2, 2, 6, 2), (64, 128, 320, 512), 1e-5, num_classes, num_frames, img_size, drop_path_rate,
+                       head_dropout, kwargs)
+
+
+@register_model
+def poolformer_s24(num_classes=400, num_frames=16, img_size=224, drop_path_rate=0.1, head_dropout=0.0, **kwargs):
+    return _poolformer((4, 4, 12, 4), (64, 128, 320, 512), 1e-5, num_classes, num_frames, img_size, drop_path_rate,
+                       head_dropout, kwargs)
+
+
+@register_model
+def poolformer_s36(num_classes=400, num_frames=16, img_size=224, drop_path_rate=0.2, head_dropout=0.0, **kwargs):
+    return _poolformer((6, 6, 18, 6), (64, 128, 320, 512), 1e-6, num_classes, num_frames, img_size, drop_path_rate,
+                       head_dropout, kwargs)
+
+
+@register_model
+def poolformer_m36(num_classes=400, num_frames=16, img_size=224, drop_path_rate=0.3, head_dropout=0.0, **kwargs):
+    return _poolformer((6, 6, 18, 6), (96, 192, 384, 768), 1e-6, num_classes, num_frames, img_size, drop_path_rate,
+                       head_dropout, kwargs)
+
+
+@register_model
+def poolformer_m48(num_classes=400, num_frames=16, img_size=224, drop_path_rate=0.4, head_dropout=0.0, **kwargs):
+    return _poolformer((8, 8, 24, 8), (96, 192, 384, 768), 1e-6, num_classes, num_frames, img_size, drop_path_rate,
+                       head_dropout, kwargs)
