@@ -88,7 +88,7 @@ def test_ssv2_and_folder_layouts(tmp_path):
     assert len(records) == 4
     for record in records:
         index = int(labels[record["template"].replace("[", "").replace("]", "")])
-        assert _decode(os.path.join(ssv2, "videos", record["id"] + ".webm")).shape == (8, 32, 32, 3)
+        assert _decode(os.path.join(ssv2, record["id"] + ".webm")).shape == (8, 32, 32, 3)
         assert record["id"] == str(200000 + 1000 * index)
     folder = make_synthetic_dataset(str(tmp_path / "folder"), train_per_class=2, val_per_class=1, num_frames=8, size=32, layout="folder")
     assert sorted(os.listdir(os.path.join(folder, "train"))) == ["moving_down", "moving_left", "moving_right", "moving_up"]

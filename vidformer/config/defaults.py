@@ -89,7 +89,7 @@ _C.DATA = CfgNode()
 _C.DATA.DATASET = "kinetics"
 # Folder holding train.csv / val.csv / test.csv (or the SSv2 JSON files, or class folders).
 _C.DATA.PATH_TO_DATA_DIR = ""
-# Prefix joined in front of every video path read from the lists.
+# Prefix joined in front of every relative video path in the lists ("": relative to PATH_TO_DATA_DIR).
 _C.DATA.PATH_PREFIX = ""
 # Separator between path and label in the CSV lists ("" means any whitespace or a comma).
 _C.DATA.PATH_LABEL_SEPARATOR = ""

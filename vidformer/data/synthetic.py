@@ -47,8 +47,9 @@ def make_synthetic_dataset(
     `DATA.PATH_PREFIX root` works too), and `classes.txt` (one name per line, index = line number).
     layout "ssv2": the Something-Something-v2 files: `something-something-v2-labels.json`
     (template -> index string), `something-something-v2-train.json` / `-validation.json` (records with
-    id, template, label, placeholders) and videos `videos/<id>.webm` (VP9), plus `classes.txt`.
-    layout "folder": `train/<class>/*.mp4` and `val/<class>/*.mp4` (folder per class), plus `classes.txt`.
+    id, template, label, placeholders) and videos `<id>.webm` (VP9) beside them, plus `classes.txt`.
+    layout "folder": `train/<class>/*.mp4` and `val/<class>/*.mp4` (folder per class; the class index is
+    the position of the folder name in sorted order).
     The same seed gives the same frames.
     """
     if layout not in ("kinetics", "ssv2", "folder"):
@@ -57,8 +58,9 @@ def make_synthetic_dataset(
         raise ValueError(f"size must be even (H.264 4:2:0 needs even sides), got {size}")
     os.makedirs(root, exist_ok=True)
     names = _class_names(num_classes)
-    with open(os.path.join(root, "classes.txt"), "w") as f:
-        f.write("".join(n + "\n" for n in names))
+    if layout != "folder":  # folder layouts are indexed by sorted folder name, which the folders say
+        with open(os.path.join(root, "classes.txt"), "w") as f:
+            f.write("".join(n + "\n" for n in names))
     splits = {"train": train_per_class, "val": val_per_class}
     records = {split: [] for split in splits}
     for split_id, (split, per_class) in enumerate(splits.items()):
@@ -145,7 +147,7 @@ def _video_path(layout: str, split: str, name: str, label: int, i: int, split_id
         return os.path.join("videos", split, f"class{label}_{i:03d}.mp4")
     if layout == "folder":
         return os.path.join(split, name.replace(" ", "_"), f"{i:03d}.mp4")
-    return os.path.join("videos", f"{_ssv2_id(split_id, label, i)}.webm")
+    return f"{_ssv2_id(split_id, label, i)}.webm"
 
 
 def _ssv2_id(split_id: int, label: int, i: int) -> int:

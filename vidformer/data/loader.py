@@ -1,0 +1,117 @@
+"""Data loaders for training/validation batches and the per-video multi-view test iterator.
+
+TRAIN.BATCH_SIZE counts videos per node, as in PySlowFast: each of the `world_size` processes loads
+TRAIN.BATCH_SIZE // world_size videos per iteration, and with AUG.NUM_SAMPLE = n each video gives n
+augmented clips, so a batch holds n x that many clips. Samples are split over processes by a
+DistributedSampler (also with one process, so `loader.set_epoch(epoch)` reshuffles reproducibly).
+"""
+
+import torch
+from fvcore.common.config import CfgNode
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from vidformer.data.datasets import ClipDataset, FailureTracker, ViewDataset, check_view_config, decode_views
+from vidformer.data.records import read_records
+from vidformer.errors import ConfigError, UsageError
+
+__all__ = ["build_loader", "set_epoch", "build_test_dataset", "iter_test_videos", "load_video_views", "collate_clips"]
+
+
+def collate_clips(items: list[dict]) -> dict:
+    """Samples -> batch: "video" (B, C, T, H, W) with each sample's clips in a row, "label"/"index"
+    (B,) repeated per clip, "skipped" the paths every sample replaced."""
+    counts = [item["video"].shape[0] for item in items]
+    return {
+        "video": torch.cat([item["video"] for item in items]),
+        "label": torch.tensor([item["label"] for item, n in zip(items, counts) for _ in range(n)], dtype=torch.long),
+        "index": torch.tensor([item["index"] for item, n in zip(items, counts) for _ in range(n)], dtype=torch.long),
+        "skipped": [path for item in items for path in item["skipped"]],
+    }
+
+
+class VideoLoader(DataLoader):
+    """A DataLoader that counts decoded and replaced videos (`failures`, a FailureTracker) while it is
+    iterated and stops with TooManyFailedVideos above DATA.MAX_FAILED_FRACTION."""
+
+    def __init__(self, dataset: ClipDataset, *, max_failed_fraction: float, **kwargs):
+        super().__init__(dataset, **kwargs)
+        self.failures = FailureTracker(max_failed_fraction)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle for `epoch` and re-seed every sample's randomness; call before iterating."""
+        self.sampler.set_epoch(epoch)
+        self.dataset.epoch = epoch
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            self.failures.update(batch["index"].numel() // self.dataset.num_samples, batch["skipped"])
+            yield batch
+
+
+def set_epoch(loader: VideoLoader, epoch: int) -> None:
+    """Same as loader.set_epoch(epoch)."""
+    loader.set_epoch(epoch)
+
+
+def per_process_batch(cfg: CfgNode, world_size: int) -> int:
+    """Videos per process and iteration: TRAIN.BATCH_SIZE is per node (PySlowFast)."""
+    if cfg.TRAIN.BATCH_SIZE % world_size:
+        raise ConfigError(f"TRAIN.BATCH_SIZE {cfg.TRAIN.BATCH_SIZE} is the batch per node and must be divisible by the {world_size} processes")
+    return cfg.TRAIN.BATCH_SIZE // world_size
+
+
+def build_loader(cfg: CfgNode, split: str, *, rank: int = 0, world_size: int = 1, seed: int | None = None) -> VideoLoader:
+    """Loader of "train" batches (random clips, train transforms, shuffled, last partial batch dropped)
+    or "val" batches (one centre view per video, in order; the DistributedSampler pads the last
+    round with repeats when the split does not divide by world_size)."""
+    if split not in ("train", "val"):
+        raise UsageError(f"build_loader split must be 'train' or 'val', got '{split}' (use iter_test_videos for the test)")
+    train = split == "train"
+    seed = cfg.RNG_SEED if seed is None else seed
+    dataset = ClipDataset(cfg, read_records(cfg, split), train=train, seed=seed)
+    batch_size = per_process_batch(cfg, world_size)
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=train)
+    if train and len(sampler) < batch_size:
+        raise UsageError(
+            f"the train split has {len(dataset)} videos, {len(sampler)} per process: fewer than the per-process batch "
+            f"{batch_size} (TRAIN.BATCH_SIZE {cfg.TRAIN.BATCH_SIZE} / {world_size} processes)"
+        )
+    return VideoLoader(
+        dataset,
+        max_failed_fraction=cfg.DATA.MAX_FAILED_FRACTION,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=cfg.DATA_LOADER.NUM_WORKERS,
+        pin_memory=cfg.DATA_LOADER.PIN_MEMORY and torch.cuda.is_available(),
+        drop_last=train,
+        collate_fn=collate_clips,
+    )
+
+
+def build_test_dataset(cfg: CfgNode, split: str = "val") -> ViewDataset:
+    """The multi-view test dataset of `split`: item i is video i with all its views (see ViewDataset)."""
+    return ViewDataset(cfg, read_records(cfg, split))
+
+
+def _single(item: dict) -> dict:
+    return item
+
+
+def iter_test_videos(cfg: CfgNode, split: str = "val", rank: int = 0, world_size: int = 1):
+    """Yield the test items (ViewDataset dicts) of videos rank, rank + world_size, ... exactly once each
+    (no padding), decoded by DATA_LOADER.NUM_WORKERS workers. Stops with TooManyFailedVideos when the
+    failed share exceeds DATA.MAX_FAILED_FRACTION."""
+    dataset = build_test_dataset(cfg, split)
+    mine = Subset(dataset, range(rank, len(dataset), world_size))
+    loader = DataLoader(mine, batch_size=None, shuffle=False, num_workers=cfg.DATA_LOADER.NUM_WORKERS, collate_fn=_single)
+    failures = FailureTracker(cfg.DATA.MAX_FAILED_FRACTION)
+    for item in loader:
+        failures.update(0 if item["failed"] else 1, [item["path"]] if item["failed"] else [])
+        yield item
+
+
+def load_video_views(path: str, cfg: CfgNode, *, backend: str | None = None) -> torch.Tensor:
+    """The test views (V, C, T, S, S) of one video file, as the test dataset makes them (for demos).
+    Raises DecodeError when the file cannot be decoded."""
+    check_view_config(cfg, cfg.TEST.NUM_SPATIAL_CROPS)
+    return decode_views(path, cfg, cfg.TEST.NUM_ENSEMBLE_VIEWS, cfg.TEST.NUM_SPATIAL_CROPS, backend or cfg.DATA.DECODING_BACKEND)
