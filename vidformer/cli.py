@@ -32,10 +32,19 @@ def _flops(args: argparse.Namespace) -> int:
     model = create_model(args.model, num_classes=args.num_classes, num_frames=args.num_frames, img_size=args.img_size)
     cfg = model.pretrained_cfg
     report = model_flops(model, cfg.num_frames, cfg.crop_size)
+    # cascades with early exits (DVT) also get per-exit and cumulative GFLOPs, reuse costs included
+    exits = None
+    if hasattr(model, "forward_exits"):
+        from vidformer.engine.adaptive import exit_costs, format_exit_costs
+
+        exits = exit_costs(model, cfg.num_frames, cfg.crop_size)
     if args.json:
-        print(json.dumps(dict(report.as_dict(), model=args.model)))
+        extra = {"exits": [vars(e) for e in exits]} if exits else {}
+        print(json.dumps(dict(report.as_dict(), model=args.model, **extra)))
     else:
         print(f"{args.model}: {report}")
+        if exits:
+            print(format_exit_costs(exits))
     return 0
 
 

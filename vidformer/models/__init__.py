@@ -4,6 +4,7 @@ from vidformer.models.base import CheckpointLayout, PretrainedCfg, VideoModel
 from vidformer.models.registry import create_model, list_models, register_model
 from vidformer.models import poolformer  # noqa: F401  registers poolformer_*
 from vidformer.models import cvt  # noqa: F401  registers cvt_*
+from vidformer.models import dvt  # noqa: F401  registers dvt_deit_s
 from vidformer.models import uniformer  # noqa: F401  registers uniformer_s, uniformer_b
 
 __all__ = ["CheckpointLayout", "PretrainedCfg", "VideoModel", "create_model", "list_models", "register_model"]
