@@ -11,6 +11,7 @@ import torch
 
 import vidformer
 from vidformer.checkpoint import load_pretrained
+from vidformer.errors import UsageError
 from vidformer.flops import model_flops
 from vidformer.models.cvt import ConvProjection, QuickGELU
 
@@ -77,6 +78,7 @@ def test_huggingface_parity_at_t1():
     report = load_pretrained(model, ref.state_dict(), strict=True)
     assert report.layout == "cvt_huggingface" and not report.problems
     assert isinstance(model.stages[2].blocks[0].mlp.act, torch.nn.GELU)  # the HF port's activation
+    assert model.pretrained_cfg.extra == {"act": "gelu", "attn_scale": "embed_dim"}
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         want, got = ref(x).logits, model(x)
@@ -94,6 +96,13 @@ def test_official_layout_loads_every_key_and_sets_quickgelu():
     assert torch.equal(model.stages[1].blocks[0].attn.conv_proj_k.bn.running_var,
                        sd["stage1.blocks.0.attn.conv_proj_k.bn.running_var"])
     assert all(isinstance(b.mlp.act, QuickGELU) for s in model.stages for b in s.blocks)
+
+
+def test_bad_options_name_what_is_allowed():
+    with pytest.raises(UsageError, match="quick_gelu"):
+        tiny(1, act="relu")
+    with pytest.raises(UsageError, match="3 stages"):
+        tiny(1, depths=(1, 1))
 
 
 def test_quick_gelu_and_attention_scale_are_the_official_quirks():

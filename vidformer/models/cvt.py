@@ -16,6 +16,7 @@ are training-only differences that this implementation does not follow (it follo
 import math
 import re
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.utils.checkpoint
@@ -24,6 +25,7 @@ from torch import nn
 from vidformer.layers import (
     CubePatchEmbed, DropPath, LayerNormChannels, Mlp, SpaceTimeConv, attention, drop_path_rates, to_grid, to_tokens,
 )
+from vidformer.errors import UsageError
 from vidformer.models.base import CheckpointLayout, PretrainedCfg, StateDict, VideoModel
 from vidformer.models.registry import register_model
 
@@ -38,6 +40,12 @@ class QuickGELU(nn.Module):
 
 
 ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": nn.GELU}
+
+
+def _activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise UsageError(f"act must be one of {sorted(ACTIVATIONS)}, got '{name}'")
+    return ACTIVATIONS[name]()
 ATTN_SCALES = ("embed_dim", "head_dim")
 
 
@@ -63,7 +71,7 @@ def stage_cfgs(embed_dims, depths, num_heads, num_frames: int, embed_kernel_t=(3
     projections, K/V stride 2; cls token in the last stage; drop path only in the last stage, as the
     official configs' DROP_PATH_RATE [0, 0, r]). With num_frames=1 every temporal kernel and stride is 1."""
     if not len(embed_dims) == len(depths) == len(num_heads) == 3:
-        raise ValueError(f"CvT has 3 stages; got embed_dims={embed_dims}, depths={depths}, num_heads={num_heads}")
+        raise UsageError(f"CvT has 3 stages; got embed_dims={embed_dims}, depths={depths}, num_heads={num_heads}")
     video = num_frames > 1
     cfgs = []
     for i, (dim, depth, heads) in enumerate(zip(embed_dims, depths, num_heads)):
@@ -109,7 +117,7 @@ class ConvAttention(nn.Module):
                  cls_frame_bias: bool = True):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+            raise UsageError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.cls_frame_bias = cls_frame_bias
         self.conv_proj_q = ConvProjection(dim, proj_kernel, (1, 1, 1))
@@ -123,7 +131,7 @@ class ConvAttention(nn.Module):
 
     def set_scale(self, attn_scale: str) -> None:
         if attn_scale not in ATTN_SCALES:
-            raise ValueError(f"attn_scale must be one of {ATTN_SCALES}, got '{attn_scale}'")
+            raise UsageError(f"attn_scale must be one of {ATTN_SCALES}, got '{attn_scale}'")
         dim = self.proj.in_features
         self.attn_scale = attn_scale
         self.scale = (dim if attn_scale == "embed_dim" else dim // self.num_heads) ** -0.5
@@ -162,7 +170,7 @@ class CvtBlock(nn.Module):
         self.attn = ConvAttention(dim, cfg.num_heads, cfg.proj_kernel, cfg.kv_stride, attn_scale, cls_frame_bias)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=1e-5)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=ACTIVATIONS[act])
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=partial(_activation, act))
 
     def forward(self, x: torch.Tensor, thw: tuple[int, int, int]) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x), thw, self.has_cls))
@@ -204,10 +212,8 @@ class CvT(VideoModel):
                  drop_path_rate: float = 0.1, head_dropout: float = 0.0, act: str = "quick_gelu",
                  attn_scale: str = "embed_dim", cls_frame_bias: bool = True, in_chans: int = 3):
         super().__init__()
-        if act not in ACTIVATIONS:
-            raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got '{act}'")
+        _activation(act)
         self.num_classes = num_classes
-        self.act = act
         self.stage_cfgs = stage_cfgs(embed_dims, depths, num_heads, num_frames, embed_kernel_t, embed_stride_t,
                                      proj_kernel_t, kv_stride_t, drop_path_rate)
         in_dims = (in_chans,) + tuple(embed_dims[:-1])
@@ -221,20 +227,20 @@ class CvT(VideoModel):
         image = num_frames == 1
         self.pretrained_cfg = PretrainedCfg(
             mean=IMAGENET_MEAN, std=IMAGENET_STD, num_frames=num_frames, sampling_rate=1 if image else 4,
-            crop_size=img_size)
+            crop_size=img_size, extra=dict(act=act, attn_scale=attn_scale))
 
     def set_variant(self, act: str | None = None, attn_scale: str | None = None) -> None:
-        """Switch the MLP activation ("quick_gelu" | "gelu") and attention scale ("embed_dim" | "head_dim")."""
-        for blk in self.modules():
-            if not isinstance(blk, CvtBlock):
-                continue
+        """Switch the MLP activation ("quick_gelu" | "gelu") and attention scale ("embed_dim" | "head_dim").
+
+        The choice is recorded in pretrained_cfg.extra, which native checkpoints carry: the weights
+        are only right with the activation they were trained with.
+        """
+        for blk in (b for stage in self.stages for b in stage.blocks):
             if act is not None:
-                if act not in ACTIVATIONS:
-                    raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got '{act}'")
-                blk.mlp.act = ACTIVATIONS[act]()
+                blk.mlp.act = _activation(act)
             if attn_scale is not None:
                 blk.attn.set_scale(attn_scale)
-        self.act = act or self.act
+        self.pretrained_cfg.extra.update({k: v for k, v in (("act", act), ("attn_scale", attn_scale)) if v})
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, T, H, W) -> the layer-normed cls token (B, C)."""
