@@ -1,13 +1,20 @@
 """UniFormer: published geometry, image/video equivalence, official checkpoint layouts, training switches.
 
-No installable package holds a UniFormer reference, so the official checkpoints are stood in for by
-synthetic state dicts keyed and shaped exactly as Sense-X/UniFormer's image (`models/uniformer.py`,
-DeiT `model` container) and video (`slowfast/models/uniformer.py`, PySlowFast `model_state`) models
-save them; `official_state_dict` below spells that layout out from the official module definitions.
+No installable package holds a UniFormer reference. Two stand-ins:
+- fixtures/uniformer_official_tiny.safetensors: a tiny random image and video UniFormer run by the
+  official Sense-X/UniFormer model code (not in this repository) in eval mode: its weights, an input
+  and the logits it gave (weights and inputs are fp16-exact, logits fp32);
+- `official_state_dict` below: random tensors keyed and shaped as the official image
+  (`models/uniformer.py`, DeiT `model` container) and video (`slowfast/models/uniformer.py`, PySlowFast
+  `model_state`) models save them, spelled out from the official module definitions.
 """
+
+import ast
+import os
 
 import pytest
 import torch
+from safetensors import safe_open
 
 import vidformer
 from vidformer.checkpoint import load_pretrained
@@ -15,6 +22,7 @@ from vidformer.errors import UsageError
 from vidformer.flops import model_flops
 
 TINY = dict(dims=(16, 32, 32, 64), depths=(1, 2, 1, 1), head_dim=16)
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "uniformer_official_tiny.safetensors")
 
 
 def tiny(num_frames, num_classes=10, **kw):
@@ -188,6 +196,22 @@ def test_official_video_checkpoint_loads_into_the_video_model(tmp_path):
     torch.testing.assert_close(loaded["patch_embed3.proj.weight"], sd["patch_embed3.proj.weight"][:, :, 0])
 
 
+@pytest.mark.parametrize("kind,num_frames,container", [("image", 1, "model"), ("video", 4, "model_state")])
+def test_logits_match_the_official_model(kind, num_frames, container):
+    with safe_open(FIXTURE, "pt") as f:
+        meta = f.metadata()
+        tensors = {k[len(kind) + 1:]: f.get_tensor(k) for k in f.keys() if k.startswith(kind + ".")}
+    x, expected = tensors.pop("input").float(), tensors.pop("logits")
+    state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    model = vidformer.create_model("uniformer_s", num_classes=int(meta["num_classes"]), num_frames=num_frames,
+                                   img_size=32, depths=ast.literal_eval(meta["depths"]),
+                                   dims=ast.literal_eval(meta["dims"]), head_dim=int(meta["head_dim"])).eval()
+    report = load_pretrained(model, {container: state}, strict=True)
+    assert report.missing == [] and report.unexpected == [] and report.mismatched == {}
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, atol=1e-4, rtol=1e-4)
+
+
 def test_official_video_layout_converter_drops_unit_time_axes():
     sd = official_state_dict(TINY["depths"], TINY["dims"], 400, video=True)
     layouts = {layout.name: layout for layout in vidformer.models.uniformer.UniFormer.checkpoint_layouts}
@@ -217,21 +241,25 @@ def test_layer_scale_checkpoint_is_refused_by_name():
 # --- training switches ----------------------------------------------------------------------------------------
 
 
-def test_grad_checkpointing_gives_the_same_gradients():
+@pytest.mark.slow
+def test_grad_checkpointing_gives_the_same_gradients_and_batchnorm_statistics():
     torch.manual_seed(0)
-    model = tiny(2, drop_path_rate=0.0).train()
     x = torch.randn(2, 3, 2, 32, 32)
 
-    def grads():
-        model.zero_grad()
+    def step(checkpointing):
+        torch.manual_seed(0)
+        model = tiny(2, drop_path_rate=0.0).train()
+        model.set_grad_checkpointing(checkpointing)
         model(x).square().sum().backward()
-        return [p.grad.clone() for p in model.parameters()]
+        return [p.grad for p in model.parameters()], model.state_dict()
 
-    plain = grads()
-    model.set_grad_checkpointing(True)
-    checkpointed = grads()
-    for a, b in zip(plain, checkpointed):
+    plain_grads, plain_state = step(False)
+    ckpt_grads, ckpt_state = step(True)
+    for a, b in zip(plain_grads, ckpt_grads):
         torch.testing.assert_close(a, b)
+    assert plain_state["blocks1.0.norm1.num_batches_tracked"] == 1
+    for key in ("blocks1.0.norm1.running_mean", "blocks2.1.norm2.running_var", "blocks1.0.norm2.num_batches_tracked"):
+        torch.testing.assert_close(ckpt_state[key], plain_state[key])
 
 
 def test_stochastic_depth_rises_linearly_to_the_rate():

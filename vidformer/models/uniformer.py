@@ -6,6 +6,7 @@ Module and parameter names follow the official Sense-X/UniFormer models, so its 
 (`model_state`) into the video model.
 """
 
+import contextlib
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -162,6 +163,7 @@ class UniFormer(VideoModel):
         self.pretrained_cfg = PretrainedCfg(
             mean=IMAGENET_MEAN if image else (0.45, 0.45, 0.45),
             std=IMAGENET_STD if image else (0.225, 0.225, 0.225),
+            # the released Kinetics models: 8x8, 16x4, 32x4
             num_frames=num_frames, sampling_rate=1 if image else (8 if num_frames <= 8 else 4),
             crop_size=img_size)
 
@@ -169,11 +171,15 @@ class UniFormer(VideoModel):
         for i in (1, 2, 3, 4):
             x = getattr(self, f"patch_embed{i}")(x)  # (B, C_i, T', H / 2^(i+1), W / 2^(i+1))
             for block in getattr(self, f"blocks{i}"):
-                if self.grad_checkpointing and torch.is_grad_enabled():
-                    x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
-                else:
-                    x = block(x)
+                x = self._run_block(block, x)
         return self.norm(x).mean(dim=(2, 3, 4))  # (B, C_4)
+
+    def _run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if not (self.grad_checkpointing and torch.is_grad_enabled()):
+            return block(x)
+        return torch.utils.checkpoint.checkpoint(
+            block, x, use_reentrant=False,
+            context_fn=lambda: (contextlib.nullcontext(), _batchnorm_stats_frozen(block)))
 
     def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return feats if pre_logits else self.head(self.head_drop(feats))
@@ -181,6 +187,26 @@ class UniFormer(VideoModel):
     def no_weight_decay(self) -> set[str]:
         # no position tables or tokens; norms and biases are 1-D and exempt anyway
         return set()
+
+
+@contextlib.contextmanager
+def _batchnorm_stats_frozen(module: nn.Module):
+    """Keep BatchNorm running statistics unchanged while a checkpointed block is recomputed in backward.
+
+    The recomputation sees the same batch, so without this every CBlock BN would fold that batch
+    into its running statistics twice per step and checkpointed training would end with other
+    statistics than plain training.
+    """
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(norms, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
 
 
 def _init_weights(m: nn.Module) -> None:
