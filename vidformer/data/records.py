@@ -22,7 +22,7 @@ from fvcore.common.config import CfgNode
 from vidformer.data.decoders import IMAGE_EXTENSIONS
 from vidformer.errors import UsageError
 
-__all__ = ["VideoRecord", "read_records", "load_label_names"]
+__all__ = ["VideoRecord", "read_records", "load_label_names", "split_list_line"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,23 +75,28 @@ def _check_label(cfg: CfgNode, label: int, where: str) -> int:
 def _csv_records(cfg: CfgNode, list_file: str) -> list[VideoRecord]:
     if not os.path.isfile(list_file):
         raise UsageError(f"DATA.PATH_TO_DATA_DIR '{cfg.DATA.PATH_TO_DATA_DIR}' has no {os.path.basename(list_file)}; expected lines '<path> <label>'")
-    separator = cfg.DATA.PATH_LABEL_SEPARATOR
     records = []
     with open(list_file) as f:
         for line_number, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line:
+            if not line.strip():
                 continue
-            if separator:
-                fields = line.split(separator)
-            else:
-                fields = line.split(",") if "," in line else line.split()
             where = f"{list_file}:{line_number}"
-            if len(fields) not in (2, 3) or not re.fullmatch(r"-?\d+", fields[-1].strip()):
-                raise UsageError(f"{where}: cannot read {line!r}; expected '<path> <label>' with an integer label")
-            label = _check_label(cfg, int(fields[-1]), where)
-            records.append(VideoRecord(_resolve(cfg, fields[0].strip()), label))
+            path, label = split_list_line(line, cfg.DATA.PATH_LABEL_SEPARATOR, where)
+            records.append(VideoRecord(_resolve(cfg, path), _check_label(cfg, label, where)))
     return records
+
+
+def split_list_line(line: str, separator: str, where: str) -> tuple[str, int]:
+    """`<path> <label>` (or PySlowFast's `<path> <ignored> <label>`) -> (path, label); `where` names
+    file:line in the error. An empty separator means a comma if the line has one, else whitespace."""
+    line = line.strip()
+    if separator:
+        fields = line.split(separator)
+    else:
+        fields = line.split(",") if "," in line else line.split()
+    if len(fields) not in (2, 3) or not re.fullmatch(r"-?\d+", fields[-1].strip()):
+        raise UsageError(f"{where}: cannot read {line!r}; expected '<path> <label>' with an integer label")
+    return fields[0].strip(), int(fields[-1])
 
 
 def _load_json(path: str):

@@ -38,6 +38,7 @@ def make_synthetic_dataset(
     fps: int = 30,
     seed: int = 0,
     layout: str = "kinetics",
+    gop: int = 8,
 ) -> str:
     """Write a dataset under `root` and return `root`.
 
@@ -50,7 +51,7 @@ def make_synthetic_dataset(
     id, template, label, placeholders) and videos `<id>.webm` (VP9) beside them, plus `classes.txt`.
     layout "folder": `train/<class>/*.mp4` and `val/<class>/*.mp4` (folder per class; the class index is
     the position of the folder name in sorted order).
-    The same seed gives the same frames.
+    Videos have a keyframe every `gop` frames. The same seed gives the same frames.
     """
     if layout not in ("kinetics", "ssv2", "folder"):
         raise ValueError(f"layout must be 'kinetics', 'ssv2' or 'folder', got {layout!r}")
@@ -69,7 +70,8 @@ def make_synthetic_dataset(
                 rng = np.random.default_rng([seed, split_id, label, i])
                 frames = _moving_sprite(rng, label, num_classes, num_frames, size)
                 rel = _video_path(layout, split, names[label], label, i, split_id)
-                write_video(os.path.join(root, rel), frames, fps=fps, codec="libvpx-vp9" if layout == "ssv2" else "libx264")
+                codec = "libvpx-vp9" if layout == "ssv2" else "libx264"
+                write_video(os.path.join(root, rel), frames, fps=fps, codec=codec, gop=gop)
                 records[split].append((rel, label))
     if layout == "kinetics":
         for split, name in (("train", "train"), ("val", "val"), ("val", "test")):
