@@ -1,0 +1,387 @@
+"""`vidformer bench`: model throughput and peak memory against a reference measured in the same run, data
+loading speed, and the machine's dense matmul rate as the ceiling every model's FLOP rate is compared with.
+
+References: mvitv2_* runs against torchvision's MViT (explicit attention) holding the same weights; every
+other family runs against itself with attention forced to torch's MATH backend, the explicit
+softmax(QK^T + bias) V with the full attention matrix in memory. Timings alternate between the two
+models step by step, so load from other processes on a shared machine hits both alike; medians are
+reported. Peak memory is measured in a fresh subprocess per configuration (see `_memory_probe`).
+"""
+
+import ast
+import contextlib
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from vidformer.checkpoint import load_pretrained
+from vidformer.errors import UsageError
+from vidformer.flops import model_flops
+from vidformer.models import create_model, list_models
+
+DEFAULT_MODELS = ("mvitv2_s", "uniformer_s", "poolformer_s12", "cvt_13", "dvt_deit_s")
+MODES = ("forward", "train")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# family kwargs that shrink each model to a few thousand parameters for `--quick` (a smoke test)
+QUICK_OVERRIDES = {
+    "mvitv2": {"depths": (1, 1), "embed_dim": 16, "num_heads": 1},
+    "uniformer": {"depths": (1, 1, 1, 1), "dims": (16, 16, 32, 32), "head_dim": 16},
+    "poolformer": {"depths": (1, 1, 1, 1), "dims": (8, 16, 16, 32)},
+    "cvt": {"embed_dims": (16, 16, 32), "depths": (1, 1, 1), "num_heads": (1, 1, 2)},
+    "dvt": {"embed_dim": 32, "depth": 2, "num_heads": 2},
+}
+MEMORY_METHOD = {
+    "cpu": "peak RSS (VmHWM, reset through /proc/self/clear_refs after the model is built) minus the RSS "
+           "before the first step, in a fresh subprocess per configuration: one warmup step and one measured step",
+    "cuda": "torch.cuda.max_memory_allocated minus the memory allocated before the first step",
+}
+
+
+@dataclass
+class BenchSettings:
+    models: tuple[str, ...] = DEFAULT_MODELS
+    frames: int = 16
+    img_size: int = 224
+    batch: int = 1
+    iters: int = 5
+    warmup: int = 2
+    modes: tuple[str, ...] = MODES
+    dtypes: tuple[str, ...] = ("fp32", "bf16")
+    device: str = "cpu"
+    memory: bool = True
+    data: bool = True
+    quick: bool = False
+    matmul_size: int = 2048
+    num_classes: int = 400
+    threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
+
+    @classmethod
+    def quick_settings(cls, **changes) -> "BenchSettings":
+        """Tiny shapes and two timed steps: a smoke test of the whole bench in seconds."""
+        base = dict(frames=4, img_size=32, batch=1, iters=2, warmup=1, matmul_size=256, num_classes=10, quick=True)
+        return cls(**{**base, **changes})
+
+
+# --------------------------------------------------------------------------------------------------
+# Models and their references
+
+def _overrides(name: str, quick: bool) -> dict:
+    if not quick:
+        return {}
+    family = next((f for f in QUICK_OVERRIDES if name.startswith(f)), None)
+    if family is None:
+        raise UsageError(f"bench --quick has no tiny settings for '{name}'; known families: {sorted(QUICK_OVERRIDES)}")
+    return QUICK_OVERRIDES[family]
+
+
+def _build(name: str, s: BenchSettings) -> nn.Module:
+    return create_model(name, num_classes=s.num_classes, num_frames=s.frames, img_size=s.img_size,
+                        **_overrides(name, s.quick))
+
+
+def torchvision_mvit(model: nn.Module, frames: int, img_size: int) -> tuple[nn.Module, str]:
+    """torchvision's MViT with the geometry of a vidformer MViTv2 video model, and its name.
+
+    mvitv2_s at 16x224 is exactly `mvit_v2_s()`; any other geometry (quick shapes) is torchvision's MViT
+    class fed with the same per-block configs, which is what `mvit_v2_s` does for its own.
+    """
+    from torchvision.models.video import mvit
+
+    if frames == 16 and img_size == 224 and model.depths == (1, 2, 11, 2) and model.block_cfgs[0].dim_in == 96:
+        return mvit.mvit_v2_s(num_classes=model.num_classes), "torchvision mvit_v2_s"
+    blocks = [mvit.MSBlockConfig(c.num_heads, c.dim_in, c.dim_out, list(c.kernel), list(c.kernel), list(c.stride_q),
+                                 list(c.stride_kv)) for c in model.block_cfgs]
+    ref = mvit.MViT((img_size, img_size), frames, blocks, residual_pool=True, residual_with_cls_embed=False,
+                    rel_pos_embed=True, proj_after_attn=True, num_classes=model.num_classes)
+    return ref, "torchvision MViT (mvit_v2_s code, these block configs)"
+
+
+@dataclass
+class Pair:
+    """The model under test and its reference; `ref_context` wraps every reference call."""
+
+    name: str
+    ours: nn.Module
+    ref: nn.Module
+    ref_name: str
+    ref_context: object = contextlib.nullcontext
+
+
+def _math_attention():
+    return sdpa_kernel(SDPBackend.MATH)
+
+
+def build_pair(name: str, s: BenchSettings) -> Pair:
+    """For mvitv2 video models: vidformer holding torchvision's random weights; else the model and its naive form."""
+    torch.manual_seed(0)
+    ours = _build(name, s)
+    if name.startswith("mvitv2") and s.frames > 1:
+        ref, ref_name = torchvision_mvit(ours, s.frames, s.img_size)
+        load_pretrained(ours, ref.state_dict(), strict=True)
+        return Pair(name, ours, ref, ref_name)
+    return Pair(name, ours, ours, "same model, attention forced to SDPA MATH (explicit softmax(QK^T)V)",
+                _math_attention)
+
+
+def _logits(out) -> torch.Tensor:
+    # DVT returns one logit tensor per exit in training; every exit is trained
+    return torch.stack([o.float() for o in out]).mean(0) if isinstance(out, (list, tuple)) else out.float()
+
+
+def parity(pair: Pair, x: torch.Tensor) -> float:
+    """max |ours - reference| / max |reference| of the eval-mode fp32 logits; raises if they are not the same model."""
+    pair.ours.eval(), pair.ref.eval()
+    with torch.no_grad():
+        a = _logits(pair.ours(x))
+        with pair.ref_context():
+            b = _logits(pair.ref(x))
+    rel = ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+    if not rel < 1e-3:
+        raise RuntimeError(f"{pair.name} and its reference ({pair.ref_name}) disagree: relative max diff {rel:.2e}")
+    return rel
+
+
+def make_step(model: nn.Module, x: torch.Tensor, mode: str, dtype: str, context=contextlib.nullcontext):
+    """A closure running one forward (eval, no grad) or one forward+backward (train mode) of `model` on `x`.
+
+    The closure sets the train/eval flag itself: the naive reference is the same module as the model.
+    """
+    target = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+
+    def autocast():
+        return torch.autocast(x.device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32")
+
+    def forward():
+        model.eval()
+        with torch.no_grad(), autocast(), context():
+            model(x)
+
+    def train():
+        model.train()
+        with autocast(), context():
+            loss = F.cross_entropy(_logits(model(x)), target)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    return forward if mode == "forward" else train
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_alternating(steps, device: torch.device, warmup: int, iters: int) -> list[float]:
+    """Median seconds per call of each step, the steps taking turns so shared-machine load hits all alike."""
+    times = [[] for _ in steps]
+    for i in range(warmup + iters):
+        for step, record in zip(steps, times):
+            _sync(device)
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            if i >= warmup:
+                record.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+# --------------------------------------------------------------------------------------------------
+# Peak memory: one fresh process per configuration, so nothing another configuration allocated counts
+
+def _rss_bytes(field_name: str) -> int:
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field_name + ":"))
+    return int(line.split()[1]) * 1024
+
+
+def _memory_probe(spec: dict) -> float:
+    """Peak memory (MB) of one step of the configuration `spec`, run in this process."""
+    s = BenchSettings(**spec["settings"])
+    torch.set_num_threads(s.threads)
+    device = torch.device(s.device)
+    pair = build_pair(spec["model"], s)
+    model, context = (pair.ours, contextlib.nullcontext) if spec["side"] == "ours" else (pair.ref, pair.ref_context)
+    del pair  # frees the other model (the reference only lent its weights)
+    model.to(device)
+    x = torch.randn(s.batch, 3, s.frames, s.img_size, s.img_size, device=device)
+    step = make_step(model, x, spec["mode"], spec["dtype"], context)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        step(), step()
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    base = _rss_bytes("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0), so building the models does not count
+    step(), step()
+    return (_rss_bytes("VmHWM") - base) / 2**20
+
+
+def peak_memory_mb(model: str, side: str, mode: str, dtype: str, s: BenchSettings) -> float:
+    spec = dict(model=model, side=side, mode=mode, dtype=dtype, settings=asdict(s))
+    proc = subprocess.run([sys.executable, "-m", "vidformer.engine.bench", repr(spec)], capture_output=True,
+                          text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory probe for {model} ({side}, {mode}, {dtype}) failed:\n{proc.stderr[-2000:]}")
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------------------------------
+# The ceiling: dense matmul
+
+def matmul_rate(dtype: str, n: int, device: torch.device, iters: int = 5) -> dict:
+    """Median rate of an n x n x n torch.mm: GMAC/s (the models' FLOP convention) and GFLOP/s (2 per MAC)."""
+    a = torch.randn(n, n, device=device, dtype=DTYPES[dtype])
+    b = torch.randn(n, n, device=device, dtype=DTYPES[dtype])
+    (seconds,) = time_alternating([lambda: torch.mm(a, b)], device, warmup=2, iters=iters)
+    gmacs = n ** 3 / seconds / 1e9
+    return {"n": n, "seconds": seconds, "gmacs_per_s": gmacs, "gflops_per_s": 2 * gmacs}
+
+
+# --------------------------------------------------------------------------------------------------
+# Data loading: the data pipeline's own benchmark
+
+def data_benchmark(quick: bool, log=print) -> dict:
+    """Train-sampling clips/s per worker and multi-view seconds per video, from `vidformer.data.bench` if present."""
+    try:
+        from vidformer.data.bench import run_data_benchmark
+    except ImportError as e:
+        return {"skipped": f"no data benchmark to call ({e})"}
+    return run_data_benchmark(quick=quick, log=log)
+
+
+# --------------------------------------------------------------------------------------------------
+# The run
+
+def bench_model(name: str, s: BenchSettings, ceilings: dict, log=print) -> dict:
+    device = torch.device(s.device)
+    pair = build_pair(name, s)
+    pair.ours.to(device), pair.ref.to(device)
+    x = torch.randn(s.batch, 3, s.frames, s.img_size, s.img_size, device=device)
+    diff = parity(pair, x)
+    gmacs = model_flops(pair.ours, s.frames, s.img_size).gflops
+    log(f"{name}: reference {pair.ref_name}; logits agree to {diff:.1e} (relative); {gmacs:.4g} GFLOPs per clip")
+    rows = []
+    for mode in s.modes:
+        # forward+backward costs about 3 forwards (the backward computes input and weight gradients)
+        macs_per_clip = gmacs * (3 if mode == "train" else 1)
+        for dtype in s.dtypes:
+            steps = [make_step(pair.ours, x, mode, dtype), make_step(pair.ref, x, mode, dtype, pair.ref_context)]
+            t_ours, t_ref = time_alternating(steps, device, s.warmup, s.iters)
+            row = {"mode": mode, "dtype": dtype}
+            for side, seconds in (("ours", t_ours), ("reference", t_ref)):
+                clips = s.batch / seconds
+                row[side] = {"seconds": seconds, "clips_per_s": clips,
+                             "matmul_fraction": macs_per_clip * clips / ceilings[dtype]["gmacs_per_s"]}
+                if s.memory:
+                    row[side]["peak_mem_mb"] = peak_memory_mb(name, side, mode, dtype, s)
+            row["speedup"] = t_ref / t_ours
+            if s.memory:
+                row["memory_ratio"] = row["ours"]["peak_mem_mb"] / max(row["reference"]["peak_mem_mb"], 1e-9)
+            log(f"  {mode:7s} {dtype}: {row['ours']['clips_per_s']:.3f} vs {row['reference']['clips_per_s']:.3f} "
+                f"clips/s ({row['speedup']:.2f}x)")
+            rows.append(row)
+    return {"model": name, "reference": pair.ref_name, "input": list(x.shape), "gflops_per_clip": gmacs,
+            "parity_rel_diff": diff, "results": rows}
+
+
+def _machine(s: BenchSettings) -> dict:
+    info = {"device": s.device, "threads": s.threads, "torch": torch.__version__, "python": platform.python_version(),
+            "processor": _cpu_name()}
+    try:
+        import torchvision
+        info["torchvision"] = torchvision.__version__
+    except ImportError:
+        pass
+    if s.device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(s.device))
+    return info
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError, StopIteration):
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    return platform.processor()
+
+
+def run_bench(s: BenchSettings, log=print) -> dict:
+    unknown = [m for m in s.models if m not in list_models()]
+    if unknown:
+        raise UsageError(f"bench: unknown model(s) {unknown}; registered: {', '.join(list_models())}")
+    bad = [m for m in s.modes if m not in MODES] + [d for d in s.dtypes if d not in DTYPES]
+    if bad:
+        raise UsageError(f"bench: unknown mode/dtype {bad}; modes {MODES}, dtypes {tuple(DTYPES)}")
+    torch.set_num_threads(s.threads)
+    device = torch.device(s.device)
+    ceilings = {d: matmul_rate(d, s.matmul_size, device) for d in s.dtypes}
+    for d, c in ceilings.items():
+        log(f"matmul {d} {c['n']}^3: {c['gflops_per_s']:.1f} GFLOP/s = {c['gmacs_per_s']:.1f} GMAC/s")
+    result = {"machine": _machine(s), "settings": asdict(s), "memory_method": MEMORY_METHOD[device.type],
+              "flop_convention": "GFLOPs per clip count one multiply-add as one FLOP (fvcore); fractions are of "
+                                 "the matmul rate in the same units; forward+backward counted as 3x forward",
+              "matmul": ceilings, "models": [bench_model(m, s, ceilings, log) for m in s.models]}
+    result["data"] = data_benchmark(s.quick, log) if s.data else {"skipped": "--no-data"}
+    return result
+
+
+def format_table(result: dict) -> str:
+    """One line per (model, mode, dtype): clips/s of both sides, their ratio, peak memory and FLOP rate."""
+    head = (f"{'model':16s} {'mode':7s} {'dtype':5s} {'clips/s':>9s} {'ref':>9s} {'speedup':>7s} "
+            f"{'mem MB':>8s} {'ref MB':>8s} {'mem x':>6s} {'%peak':>6s} {'ref%':>6s}")
+    lines = [head, "-" * len(head)]
+    for m in result["models"]:
+        for r in m["results"]:
+            ours, ref = r["ours"], r["reference"]
+            mem = (f"{ours['peak_mem_mb']:8.0f} {ref['peak_mem_mb']:8.0f} {r['memory_ratio']:6.2f}"
+                   if "memory_ratio" in r else f"{'-':>8s} {'-':>8s} {'-':>6s}")
+            lines.append(f"{m['model']:16s} {r['mode']:7s} {r['dtype']:5s} {ours['clips_per_s']:9.3f} "
+                         f"{ref['clips_per_s']:9.3f} {r['speedup']:6.2f}x {mem} {100 * ours['matmul_fraction']:5.1f}% "
+                         f"{100 * ref['matmul_fraction']:5.1f}%")
+    lines.append("references: " + "; ".join(f"{m['model']}: {m['reference']}" for m in result["models"]))
+    data = result["data"]
+    if "skipped" in data:
+        lines.append(f"data loading: skipped ({data['skipped']})")
+    else:
+        from vidformer.data.bench import format_table as data_table
+
+        lines += ["", "data loading:", data_table(data)]
+    return "\n".join(lines)
+
+
+def run_from_args(args) -> int:
+    """`vidformer bench`: the parsed command line -> table on stdout, JSON to `args.json`."""
+    registered = list_models()
+    models = tuple(args.models) if args.models else tuple(m for m in DEFAULT_MODELS if m in registered)
+    given = dict(models=models, batch=args.batch, modes=tuple(args.modes), dtypes=tuple(args.dtypes),
+                 memory=not args.no_memory, data=not args.no_data, frames=args.frames, img_size=args.img_size,
+                 iters=args.iters, device=args.device, threads=args.threads)
+    # flags left out take the defaults of the full or the --quick bench
+    given = {k: v for k, v in given.items() if v is not None}
+    s = BenchSettings.quick_settings(**given) if args.quick else BenchSettings(**given)
+    if s.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"bench --device {s.device}: no CUDA device is available")
+    result = run_bench(s, log=lambda msg: print(msg, file=sys.stderr))
+    print(format_table(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    # `python -m vidformer.engine.bench SPEC`: the memory probe's subprocess (SPEC is a dict literal)
+    print(_memory_probe(ast.literal_eval(sys.argv[1])))
