@@ -22,12 +22,16 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 MIXERS = ("pool", "identity", "dwconv", "attention")
-# MetaFormer paper, Table 6: pooling in stages 1-2 and attention in stages 3-4 was the best hybrid (S12: 81.0 top-1).
+# The PoolFormer paper's ablation of hybrid stages: pooling in stages 1-2 and attention in stages 3-4 was the
+# best (S12 widths: 81.0 top-1, 16.5M, 2.5G). Its code (metaformer_ppaa_s12_224) also used channel-only
+# LayerNorm and a learned 14x14 position table before stage 3; here the norm stays GroupNorm-1 and there is no
+# table (it would pin the model to one grid size), so that checkpoint is not a layout this model loads.
 HYBRID = ("pool", "pool", "attention", "attention")
 
 # The two head orders. Official PoolFormer: GroupNorm-1 over the final (C, T, H, W) map, then the mean.
-# timm's MetaFormer: the mean first, then LayerNorm over channels (eps 1e-6). Not the same function,
-# because GroupNorm-1's statistics include the spatial variance; each checkpoint was trained with its own.
+# timm's MetaFormer: the mean first, then LayerNorm over channels (eps 1e-6). Not the same function
+# (GroupNorm-1's statistics include the spatial variance); timm evaluates the converted official weights
+# with its order (S12: 77.24 vs the official 77.2). Each layout's converter selects its code's order.
 HEAD_NORMS = ("pre_pool", "post_pool")
 
 
@@ -116,13 +120,13 @@ class ConvMlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-def _make_mixer(name: str, dim: int, pool_size_t: int, attn_head_dim: int) -> nn.Module:
+def _make_mixer(name: str, dim: int, mixer_kernel_t: int, attn_head_dim: int) -> nn.Module:
     if name == "pool":
-        return Pooling(3, pool_size_t)
+        return Pooling(3, mixer_kernel_t)
     if name == "identity":
         return nn.Identity()
     if name == "dwconv":
-        return DepthwiseConvMixer(dim, 3, pool_size_t)
+        return DepthwiseConvMixer(dim, 3, mixer_kernel_t)
     return GlobalAttention(dim, attn_head_dim)
 
 
@@ -149,13 +153,13 @@ class PoolFormerStage(nn.Module):
     """Downsample (not in stage 0, whose embedding is the model's stem), then the blocks."""
 
     def __init__(self, in_dim: int, cfg: StageCfg, downsample: bool, drop_paths: list[float], mlp_ratio: float,
-                 pool_size_t: int, attn_head_dim: int):
+                 mixer_kernel_t: int, attn_head_dim: int):
         super().__init__()
         # between stages: 3x3 stride 2 pad 1 (no norm), gaining the stage's temporal kernel/stride
         self.downsample = CubePatchEmbed(in_dim, cfg.dim, (cfg.kernel_t, 3, 3), (cfg.stride_t, 2, 2),
                                          (cfg.kernel_t // 2, 1, 1)) if downsample else nn.Identity()
         self.blocks = nn.ModuleList(
-            MetaFormerBlock(cfg.dim, _make_mixer(cfg.mixer, cfg.dim, pool_size_t, attn_head_dim), mlp_ratio,
+            MetaFormerBlock(cfg.dim, _make_mixer(cfg.mixer, cfg.dim, mixer_kernel_t, attn_head_dim), mlp_ratio,
                             cfg.layer_scale_init, p)
             for p in drop_paths)
 
@@ -165,27 +169,30 @@ class PoolFormer(VideoModel):
 
     token_mixers: one of "pool", "identity", "dwconv", "attention", "hybrid" (pool, pool, attention,
     attention), or one name per stage. temporal_kernels / temporal_strides: per patch embedding (the
-    stem, then the three downsamples); all become 1 when num_frames == 1. head_norm: "pre_pool"
+    stem, then the three downsamples); mixer_kernel_t: temporal window of the pooling and depthwise-conv
+    mixers; all of these become 1 when num_frames == 1. head_norm: "pre_pool"
     (official PoolFormer) or "post_pool" (timm); the checkpoint layouts set it.
     """
 
     def __init__(self, depths=(2, 2, 6, 2), dims=(64, 128, 320, 512), token_mixers="pool", mlp_ratio: float = 4.0,
                  layer_scale_init: float = 1e-5, temporal_kernels=(3, 1, 1, 1), temporal_strides=(2, 1, 1, 1),
-                 pool_size_t: int = 3, attn_head_dim: int = 32, head_norm: str = "pre_pool", num_classes: int = 400,
-                 num_frames: int = 16, img_size: int = 224, drop_path_rate: float = 0.0, head_dropout: float = 0.0):
+                 mixer_kernel_t: int = 3, attn_head_dim: int = 32, head_norm: str = "pre_pool",
+                 num_classes: int = 400, num_frames: int = 16, img_size: int = 224, drop_path_rate: float = 0.0,
+                 head_dropout: float = 0.0):
         super().__init__()
         self.stage_cfgs = _stage_cfgs(depths, dims, token_mixers, layer_scale_init, temporal_kernels,
                                       temporal_strides, num_frames)
         if num_frames == 1:
-            pool_size_t = 1
+            mixer_kernel_t = 1
         stem = self.stage_cfgs[0]
         # stem: 7x7 stride 4 pad 2, no norm after it
-        self.stem = CubePatchEmbed(3, stem.dim, (stem.kernel_t, 7, 7), (stem.stride_t, 4, 4), (stem.kernel_t // 2, 2, 2))
+        self.stem = CubePatchEmbed(3, stem.dim, (stem.kernel_t, 7, 7), (stem.stride_t, 4, 4),
+                                   (stem.kernel_t // 2, 2, 2))
         rates = drop_path_rates(drop_path_rate, sum(depths))
         stages, in_dim, start = [], stem.dim, 0
         for i, cfg in enumerate(self.stage_cfgs):
-            stages.append(PoolFormerStage(in_dim, cfg, i > 0, rates[start:start + cfg.depth], mlp_ratio, pool_size_t,
-                                          attn_head_dim))
+            stages.append(PoolFormerStage(in_dim, cfg, i > 0, rates[start:start + cfg.depth], mlp_ratio,
+                                          mixer_kernel_t, attn_head_dim))
             in_dim, start = cfg.dim, start + cfg.depth
         self.stages = nn.ModuleList(stages)
         self.num_features = in_dim
