@@ -22,6 +22,7 @@ TINY = {
     "poolformer": "{'depths': (1, 1, 1, 1), 'dims': (8, 16, 24, 32), 'attn_head_dim': 8}",
     "uniformer": "{'dims': (16, 32, 32, 64), 'depths': (1, 1, 1, 1), 'head_dim': 16}",
     "cvt": "{'embed_dims': (16, 24, 32), 'depths': (1, 1, 1), 'num_heads': (1, 2, 2)}",
+    "dvt": "{'embed_dim': 16, 'depth': 1, 'num_heads': 2, 'reuse_dim': 8, 'reuse_hidden': 16, 'exit_patches': ((4, 16, 16), (2, 11, 11), (2, 8, 8)), 'exit_paddings': ((0, 0, 0), (0, 1, 1), (0, 0, 0))}",
 }
 TINY_FRAMES, TINY_CROP = 4, 32
 
@@ -43,7 +44,8 @@ def test_config_builds_and_steps(path):
     x = torch.randn(2, 3, cfg.DATA.NUM_FRAMES, TINY_CROP, TINY_CROP)
     logits = model(x)
     assert logits.shape == (2, cfg.MODEL.NUM_CLASSES)
-    loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1]))
-    loss.backward()
+    # cascades (DVT) train every exit, as the trainer does: the summed loss reaches every head
+    outputs = model.forward_exits(x) if hasattr(model, "forward_exits") else [logits]
+    sum(torch.nn.functional.cross_entropy(o, torch.tensor([0, 1])) for o in outputs).backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
