@@ -179,3 +179,17 @@ def test_an_empty_config_file_is_a_clear_error(tmp_path):
     (tmp_path / "empty.yaml").write_text("")
     with pytest.raises(ConfigError, match="is empty or not a mapping"):
         get_cfg(str(tmp_path / "empty.yaml"))
+
+
+def test_model_overrides_from_yaml_mapping_string_or_command_line(tmp_path):
+    from vidformer.config import model_overrides
+
+    (tmp_path / "a.yaml").write_text("MODEL:\n  OVERRIDES: {embed_dim: 16, depths: [1, 2]}\n")
+    (tmp_path / "b.yaml").write_text("MODEL:\n  OVERRIDES: \"{'embed_dim': 16, 'depths': [1, 2]}\"\n")
+    expected = {"embed_dim": 16, "depths": [1, 2]}
+    assert model_overrides(get_cfg(str(tmp_path / "a.yaml"))) == expected
+    assert model_overrides(get_cfg(str(tmp_path / "b.yaml"))) == expected
+    cfg = get_cfg(str(tmp_path / "a.yaml"), ["MODEL.OVERRIDES", "{'kv_stride_t': 2}"])
+    assert model_overrides(cfg) == {"kv_stride_t": 2}
+    with pytest.raises(ConfigError, match="MODEL.OVERRIDES in the command line must be a dict literal"):
+        get_cfg(None, ["MODEL.OVERRIDES", "[1, 2]"])

@@ -51,6 +51,8 @@ def _merge_file(cfg: CfgNode, path: str) -> None:
         # fvcore reads an empty file (or a base file) as None
         raise ConfigError(f"config file '{path}' (or a file it inherits with _BASE_) is empty or not a "
                           f"mapping of SECTION: {{KEY: VALUE}}") from None
+    if isinstance(loaded.get("MODEL"), dict) and "OVERRIDES" in loaded["MODEL"]:
+        loaded["MODEL"]["OVERRIDES"] = _quoted_overrides(loaded["MODEL"]["OVERRIDES"], path)
     try:
         cfg.merge_from_other_cfg(CfgNode(loaded))
     except (KeyError, ValueError) as e:
@@ -62,10 +64,32 @@ def _merge_overrides(cfg: CfgNode, overrides: list[str]) -> None:
         raise ConfigError(
             f"overrides come in KEY VALUE pairs; got an odd number ({len(overrides)}): {' '.join(overrides)}"
         )
+    overrides = [_quoted_overrides(v, "the command line") if i % 2 and overrides[i - 1] == "MODEL.OVERRIDES" else v
+                 for i, v in enumerate(overrides)]
     try:
         cfg.merge_from_list(overrides)
     except (KeyError, ValueError, AssertionError) as e:
         raise ConfigError(f"command-line override: {_explain(e)}") from None
+
+
+def _quoted_overrides(value, where: str) -> str:
+    """MODEL.OVERRIDES as yacs must receive it to store a string.
+
+    Accepts a YAML mapping ({embed_dim: 16}) or a dict-literal string ("{'embed_dim': 16}"); yacs
+    would literal_eval the string into a dict and then refuse it for a str key, so the string is
+    quoted once more.
+    """
+    while isinstance(value, str):
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError) as e:
+            raise ConfigError(f"MODEL.OVERRIDES in {where}: {value!r} is not a dict literal: {e}") from None
+        if not isinstance(parsed, (str, dict)):
+            raise ConfigError(f"MODEL.OVERRIDES in {where} must be a dict literal, got {value!r}")
+        value = parsed
+    if not isinstance(value, dict):
+        raise ConfigError(f"MODEL.OVERRIDES in {where} must be a mapping, got {value!r}")
+    return repr(repr(value))
 
 
 def _explain(e: Exception) -> str:
