@@ -4,6 +4,7 @@ resume, non-finite losses, multi-exit losses, logs/checkpoints, and two-process 
 import math
 import os
 import socket
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -34,15 +35,13 @@ class ToyClips(Dataset):
                        for lbl in self.labels]
         for i in nan_index:
             self.videos[i] = torch.full_like(self.videos[i], float("nan"))
+        self.records = [SimpleNamespace(path=f"toy/clip_{i:03d}.mp4", label=int(lbl)) for i, lbl in enumerate(self.labels)]
 
     def __len__(self):
         return len(self.videos)
 
     def __getitem__(self, i):
         return {"video": self.videos[i], "label": self.labels[i], "index": i}
-
-    def video_path(self, i: int) -> str:
-        return f"toy/clip_{i:03d}.mp4"
 
 
 def toy_loader(cfg, split, *, rank=0, world_size=1, seed=None, nan_index=()):

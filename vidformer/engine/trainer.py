@@ -139,16 +139,16 @@ class _Exits(nn.Module):
 
 
 def _set_epoch(loader, epoch: int) -> None:
-    """Reshuffle per epoch: DistributedSampler-style samplers take the epoch as part of their seed."""
-    for sampler in (getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
+    """Reshuffle and re-seed per epoch (vidformer's VideoLoader.set_epoch, else a DistributedSampler's)."""
+    target = loader if hasattr(loader, "set_epoch") else getattr(loader, "sampler", None)
+    if hasattr(target, "set_epoch"):
+        target.set_epoch(epoch)
 
 
 def batch_paths(loader, batch: dict) -> list[str]:
-    """Video paths of a batch, from its dataset indices (the dataset's `video_path(index)`)."""
-    dataset = loader.dataset
-    return [dataset.video_path(int(i)) for i in batch["index"]]
+    """Video paths of a batch, from its dataset indices (the dataset's `records[index].path`)."""
+    records = loader.dataset.records
+    return [records[int(i)].path for i in batch["index"]]
 
 
 class Trainer:
