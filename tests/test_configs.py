@@ -19,6 +19,7 @@ CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recurs
 
 # family prefix of MODEL.MODEL_NAME -> builder overrides that make it tiny
 TINY = {
+    "mvitv2": "{'depths': (1, 1, 1, 1), 'embed_dim': 16, 'num_heads': 1}",
     "poolformer": "{'depths': (1, 1, 1, 1), 'dims': (8, 16, 24, 32), 'attn_head_dim': 8}",
     "uniformer": "{'dims': (16, 32, 32, 64), 'depths': (1, 1, 1, 1), 'head_dim': 16}",
     "cvt": "{'embed_dims': (16, 24, 32), 'depths': (1, 1, 1), 'num_heads': (1, 2, 2)}",

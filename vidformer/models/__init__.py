@@ -2,6 +2,7 @@
 
 from vidformer.models.base import CheckpointLayout, PretrainedCfg, VideoModel
 from vidformer.models.registry import create_model, list_models, register_model
+from vidformer.models import mvitv2  # noqa: F401  registers mvitv2_t, mvitv2_s, mvitv2_b, mvitv2_l
 from vidformer.models import poolformer  # noqa: F401  registers poolformer_*
 from vidformer.models import cvt  # noqa: F401  registers cvt_*
 from vidformer.models import dvt  # noqa: F401  registers dvt_deit_s

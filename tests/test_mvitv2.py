@@ -1,0 +1,226 @@
+"""MViTv2: rel-pos bias against the explicit formula, parity with torchvision and timm, inflation, geometry."""
+
+import math
+
+import pytest
+import torch
+
+from vidformer.layers import attention
+from vidformer.models.mvitv2 import MViTv2, rel_pos_bias
+from vidformer.models.registry import create_model
+
+TINY = dict(depths=(1, 1, 2, 1), embed_dim=16, num_heads=1)
+
+
+def _layout(name):
+    return next(layout for layout in MViTv2.checkpoint_layouts if layout.name == name)
+
+
+def _perturb_norms(model):
+    """Random LayerNorm affines, so a converter that drops or swaps norms cannot pass."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.2)
+
+
+def _rel_err(ref, out):
+    return ((ref - out).abs().max() / ref.abs().max()).item()
+
+
+def _explicit_offsets(q_len, k_len):
+    """PySlowFast's offset index, computed in float64 with plain Python."""
+    q_ratio, k_ratio = max(k_len / q_len, 1.0), max(q_len / k_len, 1.0)
+    return torch.tensor([[math.floor(i * q_ratio - j * k_ratio + (k_len - 1) * k_ratio) for j in range(k_len)]
+                         for i in range(q_len)])
+
+
+@pytest.mark.parametrize("q_grid,k_grid,rows", [((2, 4, 4), (2, 2, 2), (7, 7, 3)), ((3, 6, 6), (3, 3, 3), (9, 9, 5)),
+                                                ((2, 5, 5), (1, 2, 2), (9, 9, 3))])
+@pytest.mark.parametrize("num_prefix", [0, 1])
+def test_rel_pos_bias_equals_explicit_attention(q_grid, k_grid, rows, num_prefix):
+    """softmax(QK^T/sqrt(d) + E)V with E[i, j] = q_i . (R_h + R_w + R_t)[offsets(i, j)] built pair by pair.
+
+    The third case has non-integer size ratios and tables of the wrong length (interpolated).
+    """
+    torch.manual_seed(0)
+    b, n, d = 2, 2, 8
+    nq, nk = math.prod(q_grid), math.prod(k_grid)
+    q = torch.randn(b, num_prefix + nq, n, d)
+    k, v = torch.randn(b, n, num_prefix + nk, d), torch.randn(b, n, num_prefix + nk, d)
+    tables = [torch.randn(r, d) for r in rows]  # h, w, t
+    bias = rel_pos_bias(q, q_grid, k_grid, tables[0], tables[1], tables[2], num_prefix)
+
+    resized = []
+    for axis, table in zip((1, 2, 0), tables):
+        want = 2 * max(q_grid[axis], k_grid[axis]) - 1
+        resized.append(torch.nn.functional.interpolate(table.t()[None], size=want, mode="linear")[0].t())
+    dh, dw, dt = (_explicit_offsets(q_grid[a], k_grid[a]) for a in (1, 2, 0))
+    qt, qh, qw = torch.meshgrid(*(torch.arange(s) for s in q_grid), indexing="ij")
+    kt, kh, kw = torch.meshgrid(*(torch.arange(s) for s in k_grid), indexing="ij")
+    qt, qh, qw, kt, kh, kw = (a.flatten() for a in (qt, qh, qw, kt, kh, kw))
+    pair = (resized[0][dh[qh[:, None], kh[None, :]]] + resized[1][dw[qw[:, None], kw[None, :]]]
+            + resized[2][dt[qt[:, None], kt[None, :]]])  # (Nq, Nk, d)
+    e = torch.zeros(b, n, num_prefix + nq, num_prefix + nk)
+    e[:, :, num_prefix:, num_prefix:] = torch.einsum("bqnc,qkc->bnqk", q[:, num_prefix:], pair)
+    assert torch.allclose(bias, e, atol=1e-5)
+
+    qh_ = q.transpose(1, 2)
+    explicit = torch.softmax(qh_ @ k.transpose(-1, -2) * d ** -0.5 + e, dim=-1) @ v
+    assert torch.allclose(attention(qh_, k, v, bias), explicit, atol=1e-5)
+
+
+def _torchvision_mvit_v2_s(num_frames, crop):
+    """torchvision's mvit_v2_s architecture at another input size (its builder fixes 16 x 224)."""
+    from torchvision.models.video import mvit
+    ref = mvit.mvit_v2_s()
+    settings = []
+    for block in ref.blocks:
+        attn = block.attn
+        settings.append(mvit.MSBlockConfig(
+            num_heads=attn.num_heads, input_channels=block.norm1.normalized_shape[0], output_channels=attn.output_dim,
+            kernel_q=list(attn.pool_q.pool.kernel_size), kernel_kv=list(attn.pool_k.pool.kernel_size),
+            stride_q=list(attn.pool_q.pool.stride), stride_kv=list(attn.pool_k.pool.stride)))
+    return mvit.MViT(spatial_size=(crop, crop), temporal_size=num_frames, block_setting=settings, residual_pool=True,
+                     residual_with_cls_embed=False, rel_pos_embed=True, proj_after_attn=True,
+                     stochastic_depth_prob=0.2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("num_frames,crop", [(16, 224), (8, 160)])
+def test_torchvision_mvit_v2_s_parity(num_frames, crop):
+    torch.manual_seed(0)
+    ref = _torchvision_mvit_v2_s(num_frames, crop).eval()
+    _perturb_norms(ref)
+    model = create_model("mvitv2_s", num_frames=num_frames, img_size=crop).eval()
+    layout = _layout("torchvision")
+    assert layout.detect(ref.state_dict())
+    model.load_state_dict(layout.convert(ref.state_dict(), model), strict=True)
+    x = torch.randn(1, 3, num_frames, crop, crop)
+    with torch.no_grad():
+        assert _rel_err(ref(x), model(x)) <= 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("timm_name,name", [("mvitv2_tiny", "mvitv2_t"), ("mvitv2_small", "mvitv2_s")])
+def test_timm_image_parity(timm_name, name):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    ref = timm.create_model(timm_name, num_classes=10).eval()
+    _perturb_norms(ref)
+    model = create_model(name, num_frames=1, num_classes=10).eval()
+    assert model.patch_embed.proj.weight.ndim == 4 and model.blocks[0].attn.rel_pos_t is None
+    layout = _layout("timm")
+    assert layout.detect(ref.state_dict())
+    model.load_state_dict(layout.convert(ref.state_dict(), model), strict=True)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert _rel_err(ref(x), model(x)) <= 1e-4
+
+
+def test_timm_large_layout_matches_image_mvitv2_l():
+    """Image MViTv2-L widens in the MLP (DIM_MUL_IN_ATT False); every converted timm key has our shape."""
+    timm = pytest.importorskip("timm")
+    with torch.device("meta"):
+        ref = timm.create_model("mvitv2_large", num_classes=1000)
+        model = create_model("mvitv2_l", num_frames=1, img_size=224, num_classes=1000)
+    converted = _layout("timm").convert(ref.state_dict(), model)
+    ours = model.state_dict()
+    assert set(converted) == set(ours)
+    assert all(converted[k].shape == ours[k].shape for k in ours)
+
+
+def test_pyslowfast_and_image_layouts():
+    """A PySlowFast state dict names the classifier head.projection; the image one has 2-D kernels."""
+    for num_frames, name in [(4, "pyslowfast"), (1, "mvit-image")]:
+        torch.manual_seed(0)
+        src = create_model("mvitv2_t", num_frames=num_frames, img_size=32, num_classes=7, **TINY).eval()
+        sd = {k.replace("head.", "head.projection."): v for k, v in src.state_dict().items()}
+        detected = [layout.name for layout in MViTv2.checkpoint_layouts if layout.detect(sd)]
+        assert detected == [name]
+        dst = create_model("mvitv2_t", num_frames=num_frames, img_size=32, num_classes=7, **TINY).eval()
+        dst.load_state_dict(_layout(name).convert(sd, dst), strict=True)
+        x = torch.randn(1, 3, num_frames, 32, 32)
+        with torch.no_grad():
+            assert torch.equal(src(x), dst(x))
+
+
+def test_center_inflation_of_image_model_gives_image_logits_on_static_clip():
+    from vidformer.checkpoint import load_pretrained
+    torch.manual_seed(0)
+    image = create_model("mvitv2_t", num_frames=1, img_size=64, num_classes=5, **TINY).eval()
+    _perturb_norms(image)
+    # same spatial geometry as the image model: its KV strides and mean pooling, no cls token
+    video = create_model("mvitv2_t", num_frames=6, img_size=64, num_classes=5, kv_stride=(1, 4, 4), cls_token=False,
+                         **TINY).eval()
+    report = load_pretrained(video, image.state_dict(), inflate="center")
+    assert "patch_embed.proj.weight" in report.inflated and "blocks.0.attn.pool_q.weight" in report.inflated
+    assert "blocks.0.attn.rel_pos_t" in report.zeroed and not report.missing
+    frame = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        static = video(frame.unsqueeze(2).expand(-1, -1, 6, -1, -1))
+        assert _rel_err(image(frame), static) <= 1e-5
+
+
+def test_table_sizes_follow_pyslowfast_floor_division():
+    with torch.device("meta"):
+        s = create_model("mvitv2_s", num_frames=16, img_size=224)
+        large = create_model("mvitv2_l", num_frames=40, img_size=312)
+    rows = [blk.attn.rel_pos_h.shape[0] for blk in s.blocks]
+    assert rows == [111, 55, 55] + [27] * 12 + [13]
+    assert {blk.attn.rel_pos_t.shape[0] for blk in s.blocks} == {15}
+    assert s.blocks[0].attn.rel_pos_h.shape[1] == 96 and s.blocks[-1].attn.rel_pos_h.shape[1] == 96
+    # at 312 the grid is 78 -> 39 -> 19 -> 9 by floor division (at run time 78 -> 39 -> 20 -> 10)
+    large_rows = [large.blocks[i].attn.rel_pos_h.shape[0] for i in (0, 2, 8, 44, 45)]
+    assert large_rows == [155, 77, 37, 37, 17]
+    assert large.blocks[0].attn.rel_pos_t.shape[0] == 39
+    kv = [cfg.stride_kv for cfg in s.block_cfgs]
+    assert kv[0] == (1, 8, 8) and kv[1] == (1, 4, 4) and kv[3] == (1, 2, 2) and kv[14] == (1, 1, 1)
+
+
+def test_any_clip_size_runs_and_image_input_is_one_frame():
+    torch.manual_seed(0)
+    model = create_model("mvitv2_s", num_frames=8, img_size=64, num_classes=3, **TINY).eval()
+    with torch.no_grad():
+        for shape in [(1, 3, 8, 64, 64), (2, 3, 5, 48, 80), (1, 3, 64, 64)]:
+            out = model(torch.randn(*shape))
+            assert out.shape == (shape[0], 3) and torch.isfinite(out).all()
+
+
+def test_training_step_with_drop_path_and_grad_checkpointing_matches():
+    torch.manual_seed(0)
+    # mean pooling: with the cls readout the last block's query path would get no gradient at all
+    model = create_model("mvitv2_s", num_frames=4, img_size=64, num_classes=3, drop_path_rate=0.0, mean_pooling=True,
+                         **TINY)
+    x = torch.randn(2, 3, 4, 64, 64)
+    grads = []
+    for ckpt in (False, True):
+        model.zero_grad()
+        model.set_grad_checkpointing(ckpt)
+        torch.manual_seed(1)
+        model(x).square().sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert all(g.abs().sum() > 0 for g in grads[0])
+
+    stochastic = create_model("mvitv2_s", num_frames=4, img_size=64, num_classes=3, drop_path_rate=0.5, **TINY)
+    assert stochastic.blocks[-1].drop_path.p == 0.5 and stochastic.blocks[0].drop_path.p == 0.0
+    stochastic.train()
+    torch.manual_seed(0)
+    first = stochastic(x)
+    torch.manual_seed(1)
+    assert not torch.allclose(first, stochastic(x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,num_frames,params_m,gflops", [
+    ("mvitv2_t", 1, 24.0, 4.7), ("mvitv2_s", 1, 35.0, 7.0), ("mvitv2_b", 1, 52.0, 10.2),
+    ("mvitv2_s", 16, 34.5, 64.0), ("mvitv2_b", 32, 51.2, 225.0),
+])
+def test_published_params_and_flops(name, num_frames, params_m, gflops):
+    from vidformer.flops import model_flops
+    model = create_model(name, num_frames=num_frames, num_classes=1000 if num_frames == 1 else 400)
+    report = model_flops(model, num_frames=num_frames, img_size=224)
+    assert report.params_m == pytest.approx(params_m, rel=0.02)
+    assert report.gflops == pytest.approx(gflops, rel=0.02)

@@ -1,0 +1,409 @@
+"""MViTv2 (Li et al., CVPR 2022): pooling attention with decomposed relative positions, video and image.
+
+num_frames > 1 builds the video model of PySlowFast (cube patchify 3x7x7/2x4x4, 3-D Q/KV pooling, rel-pos
+tables along h, w and t, cls token); num_frames = 1 builds the image model of facebookresearch/mvit and
+timm (7x7/4 patchify, 2-D pooling, h/w tables only, mean pooling) from the same classes. Checkpoints of
+PySlowFast, torchvision `mvit_v2_s`, facebookresearch/mvit and timm `mvitv2_*` convert to this layout.
+"""
+
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from vidformer.layers import CubePatchEmbed, DropPath, Mlp, SpaceTimeConv, attention, drop_path_rates, triple
+from vidformer.models.base import CheckpointLayout, PretrainedCfg, VideoModel
+from vidformer.models.registry import register_model
+
+Grid = tuple[int, int, int]
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BlockCfg:
+    """One MultiScaleBlock: widths, heads, pooling geometry and the grid its rel-pos tables are sized for."""
+
+    dim_in: int
+    dim_out: int
+    attn_dim: int  # dim_out with DIM_MUL_IN_ATT (expansion in the qkv projection), else dim_in
+    num_heads: int
+    kernel: Grid  # Q and KV pooling kernel
+    stride_q: Grid
+    stride_kv: Grid
+    table_grid: Grid  # block-input grid by floor division (PySlowFast's sizes; checkpoints depend on them)
+    drop_path: float
+
+
+def block_configs(depths, embed_dim: int, num_heads: int, grid: Grid, kernel: Grid, q_stride: Grid,
+                  kv_stride: Grid, dim_mul_in_att: bool, drop_path_rate: float) -> list[BlockCfg]:
+    """The per-block list: width and heads double and Q is strided at each stage's first block.
+
+    The KV stride starts at `kv_stride` and is divided by the Q stride at every Q-strided block (floor,
+    at least 1), so keys and values stay at about the same size through the network ("adaptive" KV
+    stride). Without DIM_MUL_IN_ATT (image MViTv2-L) the last block of a stage widens in its MLP.
+    """
+    widths = [embed_dim * 2 ** s for s in range(len(depths))]
+    heads = [num_heads * 2 ** s for s in range(len(depths))]
+    rates = drop_path_rates(drop_path_rate, sum(depths))
+    cfgs, dim, i = [], embed_dim, 0
+    for s, depth in enumerate(depths):
+        for j in range(depth):
+            stride_q = q_stride if (j == 0 and s > 0) else (1, 1, 1)
+            if max(stride_q) > 1:
+                kv_stride = tuple(max(kv // q, 1) for kv, q in zip(kv_stride, stride_q))
+            if dim_mul_in_att:
+                dim_out = widths[s]
+            else:
+                dim_out = widths[s + 1] if (j == depth - 1 and s + 1 < len(depths)) else widths[s]
+            cfgs.append(BlockCfg(dim, dim_out, dim_out if dim_mul_in_att else dim, heads[s], kernel, stride_q,
+                                 kv_stride, grid, rates[i]))
+            grid = tuple(n // q for n, q in zip(grid, stride_q))
+            dim, i = dim_out, i + 1
+    return cfgs
+
+
+def _rel_pos_table(table: torch.Tensor, q_len: int, k_len: int) -> torch.Tensor:
+    """(q_len, k_len, d) embeddings R[d(i, j)] of the offsets between query i and key j along one axis.
+
+    The coarser side is stretched onto the finer grid (ratios >= 1) so offsets stay integers where the
+    sizes divide; fractional offsets truncate as in PySlowFast. A table sized for another grid is
+    linearly interpolated along its rows first.
+    """
+    rows = 2 * max(q_len, k_len) - 1
+    if table.shape[0] != rows:
+        table = F.interpolate(table.t().unsqueeze(0), size=rows, mode="linear").squeeze(0).t()
+    q_ratio, k_ratio = max(k_len / q_len, 1.0), max(q_len / k_len, 1.0)
+    qi = torch.arange(q_len, device=table.device, dtype=torch.float32)
+    kj = torch.arange(k_len, device=table.device, dtype=torch.float32)
+    dist = (qi[:, None] * q_ratio - (kj[None, :] + (1.0 - k_len)) * k_ratio).long()
+    # index_select: advanced indexing of a small table is orders of magnitude slower on CPU
+    return table.index_select(0, dist.flatten()).view(q_len, k_len, -1)
+
+
+def rel_pos_bias(q: torch.Tensor, q_grid: Grid, k_grid: Grid, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
+                 rel_pos_t: torch.Tensor | None, num_prefix: int) -> torch.Tensor:
+    """Decomposed relative-position logits E = q.R_h + q.R_w (+ q.R_t) as an additive attention bias.
+
+    q: (B, P + Nq, heads, d) pooled, normed and *unscaled* queries (PySlowFast adds E after scaling QK^T
+    only). Returns (B, heads, P + Nq, P + Nk); prefix (cls) rows and columns are zero. Each axis costs
+    one matmul over Nq x (its key length); the full bias is written once and added to once.
+    """
+    (qt, qh, qw), (kt, kh, kw) = q_grid, k_grid
+    b, _, n, d = q.shape
+    p = num_prefix
+    r = q[:, p:].view(b, qt, qh, qw, n, d)
+    # per-axis terms, all (B, qt, qh, qw, heads, k_axis); matmuls batched over the axis read q in place
+    rh = _rel_pos_table(rel_pos_h, qh, kh)  # (qh, kh, d)
+    term_h = (r.view(b, qt, qh, qw * n, d) @ rh.transpose(1, 2)).view(b, qt, qh, qw, n, kh)
+    term_w = torch.einsum("bthwnc,wkc->bthwnk", r, _rel_pos_table(rel_pos_w, qw, kw))
+    term_hw = term_h[..., :, None] + term_w[..., None, :]  # (B, qt, qh, qw, heads, kh, kw)
+    bias = q.new_empty(b, n, p + qt * qh * qw, p + kt * kh * kw)
+    if p:
+        bias[:, :, :p].zero_()
+        bias[:, :, p:, :p].zero_()
+    grid_bias = bias[:, :, p:, p:].view(b, n, qt, qh, qw, kt, kh, kw)
+    grid_bias.copy_(term_hw.permute(0, 4, 1, 2, 3, 5, 6).unsqueeze(5))
+    if rel_pos_t is not None:
+        rt = _rel_pos_table(rel_pos_t, qt, kt)  # (qt, kt, d)
+        term_t = (r.view(b, qt, qh * qw * n, d) @ rt.transpose(1, 2)).view(b, qt, qh, qw, n, kt)
+        grid_bias.add_(term_t.permute(0, 4, 1, 2, 3, 5)[..., None, None])
+    return bias
+
+
+class MultiScaleAttention(nn.Module):
+    """Pooling attention (MViTv2 Sec. 3): qkv projection, depthwise-conv pooling of Q/K/V, rel-pos, residual Q.
+
+    The pooling convs act on one head's channels and are shared by all heads (their weight is
+    (head_dim, 1, k...)); each is followed by LayerNorm(head_dim), applied to the cls token too.
+    """
+
+    def __init__(self, cfg: BlockCfg, qkv_bias: bool = True, rel_pos_temporal: bool = True,
+                 residual_pooling: bool = True, num_prefix: int = 1, proj_drop: float = 0.0, eps: float = 1e-6):
+        super().__init__()
+        self.num_heads, self.num_prefix, self.residual_pooling = cfg.num_heads, num_prefix, residual_pooling
+        self.dim = cfg.attn_dim
+        self.head_dim = head_dim = cfg.attn_dim // cfg.num_heads
+        self.qkv = nn.Linear(cfg.dim_in, 3 * cfg.attn_dim, bias=qkv_bias)
+        self.proj = nn.Linear(cfg.attn_dim, cfg.attn_dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        padding = tuple(k // 2 for k in cfg.kernel)
+        self.pool_q = SpaceTimeConv(head_dim, head_dim, cfg.kernel, cfg.stride_q, padding, groups=head_dim, bias=False)
+        self.pool_k = SpaceTimeConv(head_dim, head_dim, cfg.kernel, cfg.stride_kv, padding, groups=head_dim, bias=False)
+        self.pool_v = SpaceTimeConv(head_dim, head_dim, cfg.kernel, cfg.stride_kv, padding, groups=head_dim, bias=False)
+        self.norm_q, self.norm_k, self.norm_v = (nn.LayerNorm(head_dim, eps=eps) for _ in range(3))
+        t, h, w = cfg.table_grid
+        q_size, kv_size = h // cfg.stride_q[1], h // cfg.stride_kv[1]
+        self.rel_pos_h = nn.Parameter(torch.zeros(2 * max(q_size, kv_size) - 1, head_dim))
+        self.rel_pos_w = nn.Parameter(torch.zeros(2 * max(q_size, kv_size) - 1, head_dim))
+        self.rel_pos_t = nn.Parameter(torch.zeros(2 * t - 1, head_dim)) if rel_pos_temporal else None
+        for table in (self.rel_pos_h, self.rel_pos_w, self.rel_pos_t):
+            if table is not None:
+                nn.init.trunc_normal_(table, std=0.02)
+
+    def _pool(self, z: torch.Tensor, conv: SpaceTimeConv, norm: nn.LayerNorm, grid: Grid) -> tuple[torch.Tensor, Grid]:
+        """(B, P + N, heads, d) -> (B, P + N', heads, d), pooled over the (T, H, W) grid, then normed.
+
+        Heads go into the channel axis with the shared kernel repeated per head, so the grid is read in
+        place as a channels-last clip (the fast depthwise path) and the output is already in token order.
+        """
+        b, _, n, d = z.shape
+        p = self.num_prefix
+        grid_cl = z[:, p:].reshape(b, *grid, n * d).permute(0, 4, 1, 2, 3)  # (B, heads*d, T, H, W), channels-last
+        weight = conv.weight if conv.weight.ndim == 5 else conv.weight.unsqueeze(2)
+        out = F.conv3d(grid_cl, weight.repeat(n, 1, 1, 1, 1), None, conv.stride, conv.padding, 1, n * d)
+        new_grid = tuple(out.shape[2:])
+        out = out.permute(0, 2, 3, 4, 1).reshape(b, -1, n, d)  # (B, N', heads, d)
+        if p:
+            out = torch.cat([z[:, :p], out], dim=1)
+        return norm(out), new_grid
+
+    def forward(self, x: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, Grid]:
+        b, length, _ = x.shape
+        q, k, v = self.qkv(x).view(b, length, 3, self.num_heads, self.head_dim).unbind(2)  # (B, L, heads, d)
+        q, q_grid = self._pool(q, self.pool_q, self.norm_q, grid)
+        k, k_grid = self._pool(k, self.pool_k, self.norm_k, grid)
+        v, _ = self._pool(v, self.pool_v, self.norm_v, grid)
+        bias = rel_pos_bias(q, q_grid, k_grid, self.rel_pos_h, self.rel_pos_w, self.rel_pos_t, self.num_prefix)
+        out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), bias)  # (B, heads, Lq, d)
+        out = out.transpose(1, 2)  # (B, Lq, heads, d)
+        if self.residual_pooling:
+            # Z = Attn(Q, K, V) + Q (MViTv2 Eq. 5), the cls row excepted as in PySlowFast
+            p = self.num_prefix
+            out = torch.cat([out[:, :p], out[:, p:] + q[:, p:]], dim=1) if p else out + q
+        return self.proj_drop(self.proj(out.reshape(b, -1, self.dim))), q_grid
+
+
+class MultiScaleBlock(nn.Module):
+    """x -> pool_skip(x or proj(norm1 x)) + attn(norm1 x) -> + mlp(norm2 x), with the width change in one of them."""
+
+    def __init__(self, cfg: BlockCfg, mlp_ratio: float = 4.0, qkv_bias: bool = True, rel_pos_temporal: bool = True,
+                 residual_pooling: bool = True, num_prefix: int = 1, proj_drop: float = 0.0, eps: float = 1e-6):
+        super().__init__()
+        self.num_prefix = num_prefix
+        self.dim_mul_in_att = cfg.attn_dim == cfg.dim_out
+        self.norm1 = nn.LayerNorm(cfg.dim_in, eps=eps)
+        self.attn = MultiScaleAttention(cfg, qkv_bias, rel_pos_temporal, residual_pooling, num_prefix, proj_drop, eps)
+        self.drop_path = DropPath(cfg.drop_path)
+        self.norm2 = nn.LayerNorm(cfg.attn_dim, eps=eps)
+        self.mlp = Mlp(cfg.attn_dim, int(cfg.attn_dim * mlp_ratio), cfg.dim_out, drop=proj_drop)
+        # the residual path changes width through a Linear on the *normed* input of the sub-block that widens
+        self.proj = nn.Linear(cfg.dim_in, cfg.dim_out) if cfg.dim_in != cfg.dim_out else None
+        # max-pool the residual path where Q is strided: kernel s + 1 for stride s > 1 (PySlowFast)
+        self.skip_kernel = tuple(s + 1 if s > 1 else s for s in cfg.stride_q)
+        self.skip_stride = cfg.stride_q if max(cfg.stride_q) > 1 else None
+
+    def _pool_skip(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        if self.skip_stride is None:
+            return x
+        p = self.num_prefix
+        b, _, c = x.shape
+        grid_cl = x[:, p:].reshape(b, *grid, c).permute(0, 4, 1, 2, 3)  # (B, C, T, H, W), channels-last
+        out = F.max_pool3d(grid_cl, self.skip_kernel, self.skip_stride, tuple(k // 2 for k in self.skip_kernel))
+        out = out.permute(0, 2, 3, 4, 1).reshape(b, -1, c)
+        return torch.cat([x[:, :p], out], dim=1) if p else out
+
+    def forward(self, x: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, Grid]:
+        x_norm = self.norm1(x)
+        attn_out, new_grid = self.attn(x_norm, grid)
+        if self.proj is not None and self.dim_mul_in_att:
+            x = self.proj(x_norm)
+        x = self._pool_skip(x, grid) + self.drop_path(attn_out)
+        x_norm = self.norm2(x)
+        if self.proj is not None and not self.dim_mul_in_att:
+            x = self.proj(x_norm)
+        return x + self.drop_path(self.mlp(x_norm)), new_grid
+
+
+class MViTv2(VideoModel):
+    """MViTv2 classifier; the architecture is `self.block_cfgs`, one BlockCfg per block.
+
+    Defaults follow the geometry implied by num_frames: video (> 1) as PySlowFast's K400 configs, image
+    (= 1) as facebookresearch/mvit. Every default can be overridden by keyword.
+    """
+
+    def __init__(self, num_classes: int = 400, num_frames: int = 16, img_size: int = 224, depths=(1, 2, 11, 2),
+                 embed_dim: int = 96, num_heads: int = 1, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 pool_kernel=None, q_stride=(1, 2, 2), kv_stride=None, patch_kernel=None, patch_stride=None,
+                 patch_padding=None, cls_token: bool | None = None, mean_pooling: bool | None = None,
+                 dim_mul_in_att: bool = True, residual_pooling: bool = True, rel_pos_temporal: bool | None = None,
+                 drop_path_rate: float = 0.0, head_dropout: float = 0.0, proj_drop: float = 0.0, in_chans: int = 3):
+        super().__init__()
+        video = num_frames > 1
+        pool_kernel = triple(pool_kernel if pool_kernel is not None else (3, 3, 3) if video else (1, 3, 3))
+        kv_stride = triple(kv_stride if kv_stride is not None else (1, 8, 8) if video else (1, 4, 4))
+        patch_kernel = triple(patch_kernel if patch_kernel is not None else (3, 7, 7) if video else (1, 7, 7))
+        patch_stride = triple(patch_stride if patch_stride is not None else (2, 4, 4) if video else (1, 4, 4))
+        patch_padding = triple(patch_padding if patch_padding is not None else (1, 3, 3) if video else (0, 3, 3))
+        cls_token = video if cls_token is None else cls_token
+        self.mean_pooling = (not cls_token) if mean_pooling is None else mean_pooling
+        if not cls_token and not self.mean_pooling:
+            raise ValueError("MViTv2 without a cls token needs mean_pooling=True")
+        rel_pos_temporal = video if rel_pos_temporal is None else rel_pos_temporal
+        self.num_classes, self.num_prefix, self.depths = num_classes, int(cls_token), tuple(depths)
+
+        self.patch_embed = CubePatchEmbed(in_chans, embed_dim, patch_kernel, patch_stride, patch_padding)
+        grid = (num_frames // patch_stride[0], img_size // patch_stride[1], img_size // patch_stride[2])
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if cls_token else None
+        self.block_cfgs = block_configs(depths, embed_dim, num_heads, grid, pool_kernel, triple(q_stride), kv_stride,
+                                        dim_mul_in_att, drop_path_rate)
+        self.blocks = nn.ModuleList(
+            MultiScaleBlock(cfg, mlp_ratio, qkv_bias, rel_pos_temporal, residual_pooling, self.num_prefix, proj_drop)
+            for cfg in self.block_cfgs
+        )
+        self.num_features = self.block_cfgs[-1].dim_out
+        self.norm = nn.LayerNorm(self.num_features, eps=1e-6)
+        self.head_drop = nn.Dropout(head_dropout)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights()
+        self.pretrained_cfg = PretrainedCfg(num_frames=num_frames, sampling_rate=4 if video else 1, crop_size=img_size)
+
+    def _init_weights(self) -> None:
+        # PySlowFast / torchvision init: trunc-normal(0.02) linears and cls token, zero biases
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        # PySlowFast and facebookresearch/mvit train with ZERO_DECAY_POS_CLS False: rel-pos tables and the
+        # cls token are decayed; only 1-D parameters are exempt, which the optimizer handles itself
+        return set()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x)  # (B, C, T', H', W')
+        grid = tuple(x.shape[2:])
+        x = x.flatten(2).transpose(1, 2)  # (B, T'H'W', C)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        for block in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x, grid = checkpoint(block, x, grid, use_reentrant=False)
+            else:
+                x, grid = block(x, grid)
+        x = self.norm(x)  # (B, P + N, C)
+        return x[:, self.num_prefix:].mean(1) if self.mean_pooling else x[:, 0]
+
+    def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return feats if pre_logits else self.head(self.head_drop(feats))
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoint layouts. Native keys are PySlowFast's, with the classifier as `head` (not head.projection).
+
+def _is_pyslowfast(sd, ndim: int) -> bool:
+    w = sd.get("patch_embed.proj.weight")
+    return w is not None and w.ndim == ndim and "blocks.0.attn.qkv.weight" in sd and "head.projection.weight" in sd
+
+
+def _from_pyslowfast(sd, model):
+    """PySlowFast video and facebookresearch/mvit image checkpoints differ from ours only in the head name."""
+    return {k.replace("head.projection.", "head."): v for k, v in sd.items()}
+
+
+_TORCHVISION_RENAMES = [
+    (r"^conv_proj\.", "patch_embed.proj."),
+    (r"\.attn\.project\.0\.", ".attn.proj."),
+    (r"\.attn\.pool_([qkv])\.pool\.", r".attn.pool_\1."),
+    (r"\.attn\.pool_([qkv])\.norm_act\.0\.", r".attn.norm_\1."),
+    (r"\.mlp\.0\.", ".mlp.fc1."),
+    (r"\.mlp\.3\.", ".mlp.fc2."),
+    (r"^blocks\.(\d+)\.project\.", r"blocks.\1.proj."),
+    (r"^head\.1\.", "head."),
+]
+
+
+def _from_torchvision(sd, model):
+    out = {}
+    for k, v in sd.items():
+        if k == "pos_encoding.class_token":
+            out["cls_token"] = v.reshape(1, 1, -1)
+            continue
+        for pattern, repl in _TORCHVISION_RENAMES:
+            k = re.sub(pattern, repl, k)
+        out[k] = v
+    return out
+
+
+def _from_timm(sd, model):
+    """timm nests blocks in stages (stages.s.blocks.j) and names the width projection shortcut_proj_{attn,mlp}."""
+    first = [sum(model.depths[:s]) for s in range(len(model.depths))]
+    out = {}
+    for k, v in sd.items():
+        k = re.sub(r"^stages\.(\d+)\.blocks\.(\d+)\.", lambda m: f"blocks.{first[int(m[1])] + int(m[2])}.", k)
+        k = re.sub(r"\.shortcut_proj_(attn|mlp)\.", ".proj.", k)
+        out[k.replace("head.fc.", "head.")] = v
+    return out
+
+
+MViTv2.checkpoint_layouts = (
+    CheckpointLayout("pyslowfast", lambda sd: _is_pyslowfast(sd, 5), _from_pyslowfast,
+                     "PySlowFast MViTv2 video checkpoint (.pyth, model_state)"),
+    CheckpointLayout("mvit-image", lambda sd: _is_pyslowfast(sd, 4), _from_pyslowfast,
+                     "facebookresearch/mvit image MViTv2 checkpoint (Conv2d patchify and pools, no cls token)"),
+    CheckpointLayout("torchvision", lambda sd: "conv_proj.weight" in sd and "pos_encoding.class_token" in sd,
+                     _from_torchvision, "torchvision.models.video.mvit_v2_s state dict"),
+    CheckpointLayout("timm", lambda sd: any(k.startswith("stages.0.blocks.0.") for k in sd), _from_timm,
+                     "timm mvitv2_* state dict"),
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# Builders: video defaults from PySlowFast's K400 configs, image defaults from facebookresearch/mvit.
+
+def _create(num_classes, num_frames, img_size, drop_path_rate, head_dropout, arch, video_cfg, image_cfg, kwargs):
+    video = num_frames > 1
+    published = video_cfg if video else image_cfg
+    model = MViTv2(num_classes=num_classes, num_frames=num_frames, img_size=img_size,
+                   drop_path_rate=published["drop_path"] if drop_path_rate is None else drop_path_rate,
+                   head_dropout=published["head_dropout"] if head_dropout is None else head_dropout,
+                   **{**arch, **kwargs})
+    cfg = model.pretrained_cfg
+    cfg.mean, cfg.std = published.get("mean", IMAGENET_MEAN), published.get("std", IMAGENET_STD)
+    cfg.sampling_rate = published.get("sampling_rate", 1)
+    return model
+
+
+_VIDEO_MEAN = {"mean": (0.45, 0.45, 0.45), "std": (0.225, 0.225, 0.225)}
+
+
+@register_model
+def mvitv2_t(num_classes=400, num_frames=16, img_size=224, drop_path_rate=None, head_dropout=None, **kwargs):
+    """MViTv2-T: depths 1-2-5-2, width 96 (image: 24M params, 4.7 GFLOPs at 224; no published video config)."""
+    return _create(num_classes, num_frames, img_size, drop_path_rate, head_dropout, dict(depths=(1, 2, 5, 2)),
+                   {"drop_path": 0.1, "head_dropout": 0.5, "sampling_rate": 4, **_VIDEO_MEAN},
+                   {"drop_path": 0.1, "head_dropout": 0.0}, kwargs)
+
+
+@register_model
+def mvitv2_s(num_classes=400, num_frames=16, img_size=224, drop_path_rate=None, head_dropout=None, **kwargs):
+    """MViTv2-S: depths 1-2-11-2, width 96 (video 16x4: 34.5M, 64 GFLOPs; image: 35M, 7.0 GFLOPs)."""
+    return _create(num_classes, num_frames, img_size, drop_path_rate, head_dropout, dict(depths=(1, 2, 11, 2)),
+                   {"drop_path": 0.2, "head_dropout": 0.5, "sampling_rate": 4, **_VIDEO_MEAN},
+                   {"drop_path": 0.1, "head_dropout": 0.0}, kwargs)
+
+
+@register_model
+def mvitv2_b(num_classes=400, num_frames=32, img_size=224, drop_path_rate=None, head_dropout=None, **kwargs):
+    """MViTv2-B: depths 2-3-16-3, width 96 (video 32x3: 51.2M, 225 GFLOPs; image: 52M, 10.2 GFLOPs)."""
+    return _create(num_classes, num_frames, img_size, drop_path_rate, head_dropout, dict(depths=(2, 3, 16, 3)),
+                   {"drop_path": 0.3, "head_dropout": 0.5, "sampling_rate": 3, **_VIDEO_MEAN},
+                   {"drop_path": 0.3, "head_dropout": 0.0}, kwargs)
+
+
+@register_model
+def mvitv2_l(num_classes=400, num_frames=40, img_size=312, drop_path_rate=None, head_dropout=None, **kwargs):
+    """MViTv2-L: depths 2-6-36-4, width 144, 2 heads (video 40x3 @312: 217.6M, 2828 GFLOPs; image: 218M, 42.1G).
+
+    The image model widens in the MLP (DIM_MUL_IN_ATT False), the video model in the attention.
+    """
+    arch = dict(depths=(2, 6, 36, 4), embed_dim=144, num_heads=2, dim_mul_in_att=num_frames > 1)
+    return _create(num_classes, num_frames, img_size, drop_path_rate, head_dropout, arch,
+                   {"drop_path": 0.75, "head_dropout": 0.5, "sampling_rate": 3},
+                   {"drop_path": 0.5, "head_dropout": 0.0}, kwargs)
