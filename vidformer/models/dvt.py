@@ -307,7 +307,8 @@ class DynamicVisionTransformer(VideoModel):
         """
         x = as_video(x)
         if len(thresholds) < self.num_exits - 1:
-            raise ValueError(f"need a threshold for each of the first {self.num_exits - 1} exits, got {list(thresholds)}")
+            raise ValueError(f"need a threshold for each of the first {self.num_exits - 1} exits, "
+                             f"got {list(thresholds)}")
         b = x.shape[0]
         logits_out = x.new_empty(b, self.num_classes)
         exit_index = torch.full((b,), self.num_exits - 1, dtype=torch.long, device=x.device)
