@@ -50,7 +50,7 @@ def _flops(args: argparse.Namespace) -> int:
 
 def _config_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     p.add_argument("--config", required=required, help="YAML config (see configs/)")
-    p.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides, e.g. TRAIN.BATCH_SIZE 32")
+    p.add_argument("opts", nargs="*", metavar="KEY VALUE", help="config overrides, e.g. TRAIN.BATCH_SIZE 32")
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
