@@ -125,6 +125,34 @@ def test_trains_and_learns(tmp_path, precision):
     assert records[-1]["val_top1"] > 50.0  # chance is 25 %
 
 
+FAMILY = ("MODEL.MODEL_NAME", "poolformer_s12", "MODEL.OVERRIDES", "{'depths': [1, 1, 1, 1], 'dims': [8, 16, 16, 16]}",
+          "SOLVER.MAX_EPOCH", "1")
+
+
+@pytest.mark.parametrize("precision", ["none", "bf16"])
+def test_family_model_same_steps_with_and_without_activation_checkpointing(tmp_path, precision):
+    runs = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        trainer = Trainer(tiny_cfg(tmp_path / str(ckpt), *FAMILY, "MODEL.ACT_CHECKPOINT", str(ckpt),
+                                   "TRAIN.MIXED_PRECISION", precision), build_loader=toy_loader)
+        assert trainer.model.grad_checkpointing is ckpt
+        trainer.fit()
+        runs.append(trainer.history)
+    assert all(math.isfinite(v) for v in runs[0]) and runs[1] == pytest.approx(runs[0], rel=1e-4)
+
+
+def test_mixup_trains_on_soft_targets(tmp_path):
+    torch.manual_seed(0)
+    trainer = Trainer(tiny_cfg(tmp_path, *FAMILY, "MIXUP.ENABLE", "True", "MIXUP.LABEL_SMOOTH_VALUE", "0.1"),
+                      build_loader=toy_loader)
+    batch = next(iter(trainer.train_loader))
+    video, target = trainer.mixup(batch["video"], batch["label"])
+    assert target.shape == (4, CLASSES) and torch.allclose(target.sum(1), torch.ones(4))
+    trainer.fit()
+    assert len(trainer.history) == 4 and all(math.isfinite(v) for v in trainer.history)
+
+
 def test_outputs_logs_and_checkpoint_contents(tmp_path):
     cfg = tiny_cfg(tmp_path, "TRAIN.EMA_DECAY", "0.9")
     Trainer(cfg, build_loader=toy_loader).fit()

@@ -65,7 +65,7 @@ def _train(args: argparse.Namespace) -> int:
     from vidformer.config import get_cfg
     from vidformer.engine import distributed
     from vidformer.engine.evaluator import run_test
-    from vidformer.engine.trainer import NonFiniteLossError, Trainer
+    from vidformer.engine.trainer import NonFiniteLossError, Trainer, latest_checkpoint
 
     cfg = get_cfg(args.config, args.opts)
     env = distributed.init_distributed()
@@ -76,7 +76,7 @@ def _train(args: argparse.Namespace) -> int:
             trainer.fit()
             model = trainer.model
         if cfg.TEST.ENABLE:
-            run_test(cfg, model=model, env=env)
+            run_test(cfg, model=model, env=env, source=latest_checkpoint(cfg.OUTPUT_DIR) or "the trained model")
     except NonFiniteLossError as e:
         print(f"vidformer train: {e}", file=sys.stderr)
         return 1

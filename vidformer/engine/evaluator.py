@@ -204,8 +204,9 @@ def checkpoint_to_test(cfg: CfgNode) -> str:
 
 
 def run_test(cfg: CfgNode, *, model: nn.Module | None = None, env: du.DistEnv | None = None,
-             iter_videos=None) -> dict:
-    """The multi-view test of `cfg` (the given model, or TEST.CHECKPOINT_FILE_PATH / the latest checkpoint).
+             iter_videos=None, source: str = "the given model") -> dict:
+    """The multi-view test of `cfg` (the given model, named `source` in the metrics, or else
+    TEST.CHECKPOINT_FILE_PATH / the latest checkpoint).
 
     Writes, on the main process, OUTPUT_DIR/test_metrics.json, test_per_class.csv, test_confusion.png
     (up to MAX_CONFUSION_CLASSES classes) and, with TEST.SAVE_RESULTS, test_scores.pt. Returns the metrics.
@@ -213,7 +214,6 @@ def run_test(cfg: CfgNode, *, model: nn.Module | None = None, env: du.DistEnv | 
     env = env or du.DistEnv()
     logger = setup_logging(cfg.OUTPUT_DIR, env.is_main)
     device = du.device_for(env)
-    source = "the trained model"
     if model is None:
         from vidformer.checkpoint import load_pretrained
 

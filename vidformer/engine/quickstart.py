@@ -42,9 +42,7 @@ def synthetic_dataset(cache: str, train_per_class: int, val_per_class: int) -> s
 def _train_and_test(cfg: CfgNode) -> dict:
     trainer = Trainer(cfg, resume=False)
     trainer.fit()
-    metrics = run_test(cfg, model=trainer.model)
-    metrics["checkpoint"] = latest_checkpoint(cfg.OUTPUT_DIR)
-    return metrics
+    return run_test(cfg, model=trainer.model, source=latest_checkpoint(cfg.OUTPUT_DIR))
 
 
 def run_quickstart(output_dir: str, *, cache: str | None = None, config: str = QUICKSTART_CONFIG,
