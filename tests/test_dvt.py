@@ -219,3 +219,13 @@ def test_pos_embed_layout_names_each_exit_grid():
     assert model.pos_embed_layout("exits.2.pos_embed") == (1, (1, 4, 4))
     assert model.pos_embed_layout("exits.2.pos_embed_temporal") is None
     assert model.no_weight_decay() >= {"exits.0.pos_embed", "exits.0.cls_token", "exits.2.pos_embed_temporal"}
+
+
+def test_a_checkpoint_with_another_class_count_drops_every_exit_head():
+    from vidformer.checkpoint import load_pretrained
+
+    source = tiny(num_frames=1)
+    target = create_model("dvt_deit_s", num_classes=3, num_frames=1, img_size=32, **TINY)
+    report = load_pretrained(target, source.state_dict())
+    assert set(report.dropped) == {f"exits.{k}.head.{n}" for k in range(3) for n in ("weight", "bias")}
+    assert not report.mismatched and report.checkpoint_num_classes == 5

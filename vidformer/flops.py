@@ -46,20 +46,33 @@ class FlopReport:
                 f"{tuple(self.input_shape)} ({self.convention})")
 
 
-def count_flops(model: nn.Module, inputs: torch.Tensor) -> float:
-    """GFLOPs of one forward pass on `inputs` (the batch included)."""
+def _analysis(model: nn.Module, inputs: torch.Tensor) -> FlopCountAnalysis:
+    analysis = FlopCountAnalysis(model, inputs)
+    analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flop)
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    # fvcore logs every op it skips (elementwise adds, softmax): cost-free and not counted by the papers
+    logging.getLogger("fvcore.nn.jit_analysis").setLevel(logging.ERROR)
+    return analysis
+
+
+def _run(model: nn.Module, inputs: torch.Tensor, read):
     was_training = model.training
     model.eval()
     try:
-        analysis = FlopCountAnalysis(model, inputs)
-        analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flop)
-        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        # fvcore logs every op it skips (elementwise adds, softmax): cost-free and not counted by the papers
-        logging.getLogger("fvcore.nn.jit_analysis").setLevel(logging.ERROR)
         with torch.no_grad():
-            return analysis.total() / 1e9
+            return read(_analysis(model, inputs))
     finally:
         model.train(was_training)
+
+
+def count_flops(model: nn.Module, inputs: torch.Tensor) -> float:
+    """GFLOPs of one forward pass on `inputs` (the batch included)."""
+    return _run(model, inputs, lambda a: a.total()) / 1e9
+
+
+def flops_by_module(model: nn.Module, inputs: torch.Tensor) -> dict[str, int]:
+    """FLOPs (not G) of one forward pass attributed to every module name ("" is the whole model)."""
+    return _run(model, inputs, lambda a: dict(a.by_module()))
 
 
 def count_params(model: nn.Module) -> float:

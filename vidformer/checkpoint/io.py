@@ -17,7 +17,7 @@ from vidformer.errors import UsageError
 
 path_manager = PathManager()
 
-_CONTAINERS = ("model_state", "state_dict", "model", "module", "model_ema", "net")
+_CONTAINERS = ("model_state", "model_state_dict", "state_dict", "model", "module", "model_ema", "net")
 _PREFIXES = ("module.", "_orig_mod.", "model.")
 
 

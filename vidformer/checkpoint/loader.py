@@ -99,19 +99,8 @@ def _convert(model: nn.Module, state: dict, target: dict, name: str) -> tuple[st
     )
 
 
-def _classifier_keys(model: nn.Module) -> set[str]:
-    get = getattr(model, "get_classifier", None)
-    head = get() if get else None
-    if head is None:
-        return set()
-    for prefix, module in model.named_modules():
-        if module is head:
-            return {f"{prefix}.{k}" if prefix else k for k in module.state_dict()}
-    return set()
-
-
 def _adapt(model: nn.Module, state: dict, target: dict, method: str, report: LoadReport) -> dict:
-    head_keys = _classifier_keys(model)
+    head_keys = model.classifier_keys() if hasattr(model, "classifier_keys") else set()
     pos_layout = getattr(model, "pos_embed_layout", None)
     out = {}
     for key, want in target.items():

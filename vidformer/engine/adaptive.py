@@ -9,9 +9,7 @@ therefore meets its target on the split it was searched on by construction.
 """
 
 import csv
-import logging
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -20,7 +18,7 @@ from torch import nn
 
 from vidformer.engine.evaluator import aggregate_views
 from vidformer.errors import UsageError
-from vidformer.flops import _sdpa_flop
+from vidformer.flops import flops_by_module
 
 # DVT's grid of q (1/20 .. 59/20) widened at both ends so the curve reaches "all at the first exit"
 # and "all at the last exit"
@@ -63,19 +61,6 @@ class _AllExits(nn.Module):
         return torch.stack(self.model.forward_exits(x))
 
 
-def _flops_by_module(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
-    """FLOPs per module name, counted like vidformer.flops.count_flops (same op handles and convention)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        from fvcore.nn import FlopCountAnalysis
-    analysis = FlopCountAnalysis(model.eval(), x)
-    analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flop)
-    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    logging.getLogger("fvcore.nn.jit_analysis").setLevel(logging.ERROR)
-    with torch.no_grad():
-        return dict(analysis.by_module())
-
-
 def exit_costs(model: nn.Module, num_frames: int | None = None, img_size: int | None = None) -> list[ExitCost]:
     """Per-exit GFLOPs (fvcore, 1 multiply-add = 1 FLOP) of a cascade for one view (batch 1).
 
@@ -87,7 +72,7 @@ def exit_costs(model: nn.Module, num_frames: int | None = None, img_size: int | 
     cfg = model.pretrained_cfg
     x = torch.zeros(1, 3, num_frames or cfg.num_frames, img_size or cfg.crop_size, img_size or cfg.crop_size,
                     device=next(model.parameters()).device)
-    by_module = _flops_by_module(_AllExits(model), x)
+    by_module = flops_by_module(_AllExits(model), x)
     model.reset_exit_counts()
     rows, cumulative = [], 0.0
     for k, (exit_, grid) in enumerate(zip(model.exits, model.token_grids)):

@@ -69,6 +69,14 @@ class VideoModel(nn.Module):
         """The final classifier layer (its keys are dropped when a checkpoint's class count differs)."""
         return self.head
 
+    def classifier_keys(self) -> set[str]:
+        """State-dict keys of every classifier (a checkpoint with another class count drops these)."""
+        head = self.get_classifier()
+        for prefix, module in self.named_modules():
+            if module is head:
+                return {f"{prefix}.{k}" if prefix else k for k in module.state_dict()}
+        return set()
+
     def reset_classifier(self, num_classes: int) -> None:
         old = self.get_classifier()
         new = nn.Linear(old.in_features, num_classes) if num_classes > 0 else nn.Identity()

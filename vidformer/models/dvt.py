@@ -332,6 +332,9 @@ class DynamicVisionTransformer(VideoModel):
     def get_classifier(self) -> nn.Module:
         return self.exits[-1].head
 
+    def classifier_keys(self) -> set[str]:
+        return {f"exits.{k}.head.{n}" for k, e in enumerate(self.exits) for n in e.head.state_dict()}
+
     def reset_classifier(self, num_classes: int) -> None:
         for e in self.exits:
             e.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
