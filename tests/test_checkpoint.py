@@ -143,3 +143,22 @@ def test_cli_convert_and_inflate_write_native_checkpoints(tmp_path, capsys):
     assert state["patch_embed.proj.weight"].shape == (16, 3, 3, 4, 4)
     assert "inflated (center, kt=3)  patch_embed.proj.weight" in capsys.readouterr().out
     assert main(["inflate", str(dst), str(video), "--model", "toy_video", "--num-frames", "1"]) == 2
+
+
+@pytest.mark.parametrize("name, overrides, options", [
+    ("poolformer_s12", dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32)), {"head_norm": "post_pool"}),
+    ("cvt_13", dict(embed_dims=(16, 24, 32), depths=(1, 1, 1), num_heads=(1, 2, 2)), {"act": "gelu"}),
+])
+def test_options_a_layout_implies_survive_a_native_round_trip(tmp_path, name, overrides, options):
+    """A timm PoolFormer (head order) or HF CvT (activation) saved natively reloads computing the same thing."""
+    torch.manual_seed(0)
+    source = vidformer.create_model(name, num_frames=1, img_size=64, num_classes=5, **overrides).eval()
+    source.apply_options(options)
+    path = str(tmp_path / "native.pth")
+    save_checkpoint({"model_state": source.state_dict(), "pretrained_cfg": vars(source.pretrained_cfg)}, path)
+    fresh = vidformer.create_model(name, num_frames=1, img_size=64, num_classes=5, **overrides).eval()
+    report = load_pretrained(fresh, path, strict=True)
+    assert all(report.options[k] == v for k, v in options.items())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(fresh(x), source(x), atol=1e-5)

@@ -31,6 +31,7 @@ class LoadReport:
     inflated: dict[str, str] = field(default_factory=dict)
     interpolated: dict[str, str] = field(default_factory=dict)
     zeroed: list[str] = field(default_factory=list)
+    options: dict = field(default_factory=dict)
     dropped: dict[str, str] = field(default_factory=dict)
     mismatched: dict[str, str] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
@@ -53,6 +54,7 @@ class LoadReport:
     def __str__(self) -> str:
         rows = [("source", self.source), ("layout", self.layout + (" (keys converted)" if self.converted else "")),
                 ("found in", self.found_in), ("loaded as is", str(len(self.loaded)))]
+        rows += [("model option", f"{k} = {v!r}") for k, v in self.options.items()]
         rows += [(f"inflated ({m})", k) for k, m in self.inflated.items()]
         rows += [("interpolated", f"{k}: {v}") for k, v in self.interpolated.items()]
         rows += [("zero-initialised", k) for k in self.zeroed]
@@ -73,14 +75,24 @@ def load_pretrained(model: nn.Module, source, *, inflate: str = "center", strict
     else:
         name, obj = str(source), load_checkpoint_file(str(source))
     state, found_in = unwrap_state_dict(obj)
+    options = _recorded_options(obj)
+    if options:  # a native file converted from a layout that implies model options
+        model.apply_options(options)
     target = model.state_dict()
     layout, state = _convert(model, state, target, name)
     report = LoadReport(source=name, layout=layout, found_in=found_in)
+    report.options = dict(model.pretrained_cfg.extra.get("options", {})) if hasattr(model, "pretrained_cfg") else {}
     adapted = _adapt(model, state, target, inflate, report)
     if strict and report.problems:
         raise UsageError(f"strict load of '{name}' ({layout} layout) failed:\n  " + "\n  ".join(report.problems))
     model.load_state_dict(adapted, strict=False)
     return report
+
+
+def _recorded_options(obj) -> dict:
+    cfg = obj.get("pretrained_cfg") if isinstance(obj, dict) else None
+    extra = cfg.get("extra") if isinstance(cfg, dict) else None
+    return dict(extra.get("options", {})) if isinstance(extra, dict) else {}
 
 
 def _convert(model: nn.Module, state: dict, target: dict, name: str) -> tuple[str, dict]:

@@ -86,6 +86,16 @@ class VideoModel(nn.Module):
     def _replace_classifier(self, new: nn.Module) -> None:
         self.head = new
 
+    def apply_options(self, options: dict) -> None:
+        """Set model options that a checkpoint layout implies (e.g. CvT's activation, PoolFormer's head order).
+
+        Families with such options override this; the options are recorded in
+        pretrained_cfg.extra["options"], which native checkpoints carry, so a converted file reloads
+        with the computation its weights were trained for.
+        """
+        if options:
+            raise ValueError(f"{type(self).__name__} has no layout options; got {sorted(options)}")
+
     def no_weight_decay(self) -> set[str]:
         """Parameter names that get no weight decay (besides 1-D parameters, which the optimizer exempts)."""
         return set()

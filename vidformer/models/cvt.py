@@ -227,20 +227,23 @@ class CvT(VideoModel):
         image = num_frames == 1
         self.pretrained_cfg = PretrainedCfg(
             mean=IMAGENET_MEAN, std=IMAGENET_STD, num_frames=num_frames, sampling_rate=1 if image else 4,
-            crop_size=img_size, extra=dict(act=act, attn_scale=attn_scale))
+            crop_size=img_size, extra=dict(options=dict(act=act, attn_scale=attn_scale)))
 
     def set_variant(self, act: str | None = None, attn_scale: str | None = None) -> None:
         """Switch the MLP activation ("quick_gelu" | "gelu") and attention scale ("embed_dim" | "head_dim").
 
-        The choice is recorded in pretrained_cfg.extra, which native checkpoints carry: the weights
-        are only right with the activation they were trained with.
+        The choice is recorded in pretrained_cfg.extra["options"], which native checkpoints carry:
+        the weights are only right with the activation they were trained with.
         """
         for blk in (b for stage in self.stages for b in stage.blocks):
             if act is not None:
                 blk.mlp.act = _activation(act)
             if attn_scale is not None:
                 blk.attn.set_scale(attn_scale)
-        self.pretrained_cfg.extra.update({k: v for k, v in (("act", act), ("attn_scale", attn_scale)) if v})
+        self.pretrained_cfg.extra["options"].update({k: v for k, v in (("act", act), ("attn_scale", attn_scale)) if v})
+
+    def apply_options(self, options: dict) -> None:
+        self.set_variant(**options)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, T, H, W) -> the layer-normed cls token (B, C)."""

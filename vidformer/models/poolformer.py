@@ -207,11 +207,18 @@ class PoolFormer(VideoModel):
 
     def set_head_norm(self, mode: str) -> None:
         """Switch between the official and timm head orders, keeping the norm's affine parameters."""
-        if _check_head_norm(mode) == self.head_norm:
+        self.pretrained_cfg.extra.setdefault("options", {})["head_norm"] = _check_head_norm(mode)
+        if mode == self.head_norm:
             return
         new = _head_norm_layer(mode, self.num_features)
         new.load_state_dict(self.norm.state_dict())
         self.norm, self.head_norm = new, mode
+
+    def apply_options(self, options: dict) -> None:
+        unknown = set(options) - {"head_norm"}
+        if unknown:
+            raise ValueError(f"PoolFormer has no options {sorted(unknown)}; it has head_norm")
+        self.set_head_norm(options["head_norm"])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)  # (B, D0, T', H/4, W/4)
