@@ -1,9 +1,12 @@
-"""torch.compile and bf16 autocast on a tiny model of every registered family.
+"""torch.compile and bf16 autocast on tiny models of the registered families.
 
-Every family compiles as ONE graph (fullgraph=True: no graph breaks, no Python fallbacks) and gives
-eager's outputs and gradients; torch's default backend (inductor, which generates and compiles C++)
-costs a minute or more per model on a 2-core machine, so it runs for mvitv2_s only, the other families
-compile with the aot_eager backend (the same graph capture and autograd tracing, eager kernels).
+A compiled model is ONE graph (fullgraph=True: no graph breaks, no Python fallbacks) and gives eager's
+outputs and gradients. Compiling costs 10-30 s per tiny model with the aot_eager backend (the graph capture
+and autograd tracing of torch.compile, eager kernels) and over a minute with inductor (generated C++) on 2
+cores, so the suite compiles two families: mvitv2_s (attention; also its forward with inductor) and
+poolformer_s12 (convolution and pooling). UniFormer, CvT and DVT pass the same check; they are left out
+for time.
+
 Under bf16 autocast every family stays finite and close to fp32, and inside `attention_in_fp32()` every
 attention call runs in float32.
 """
@@ -17,6 +20,7 @@ from vidformer.layers import attention_in_fp32
 from vidformer.models import create_model, list_models
 
 FAMILIES = ("mvitv2_s", "uniformer_s", "poolformer_s12", "cvt_13", "dvt_deit_s")
+COMPILED = ("mvitv2_s", "poolformer_s12")
 # poolformer_s12 has no attention; its MetaFormer hybrid (attention in stages 3-4) exercises the fp32 switch
 ATTENTION_OVERRIDES = {"poolformer_s12": {"token_mixers": ("pool", "pool", "attention", "attention"),
                                           "attn_head_dim": 16}}
@@ -47,7 +51,7 @@ def _assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rel: float) 
     assert err <= rel, f"max |difference| is {err:.2e} of max |expected|, allowed {rel:.0e}"
 
 
-def _compiled_matches_eager(name: str, backend: str) -> None:
+def _compiled_matches_eager(name: str, backend: str, train: bool = True) -> None:
     torch._dynamo.reset()
     model = _tiny(name)
     x = _clip()
@@ -55,6 +59,8 @@ def _compiled_matches_eager(name: str, backend: str) -> None:
     model.eval()
     with torch.no_grad():
         _assert_close_rel(compiled(x), model(x), 1e-4)
+    if not train:
+        return
     # training: outputs and every parameter gradient (batch statistics, no dropout: deterministic)
     model.train()
     grads = []
@@ -74,11 +80,11 @@ def _compiled_matches_eager(name: str, backend: str) -> None:
 def test_mvitv2_compiles_with_inductor():
     if "mvitv2_s" not in list_models():
         pytest.skip("mvitv2_s is not registered yet")
-    _compiled_matches_eager("mvitv2_s", "inductor")
+    _compiled_matches_eager("mvitv2_s", "inductor", train=False)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", _registered(FAMILIES))
+@pytest.mark.parametrize("name", _registered(COMPILED))
 def test_family_compiles_as_one_graph(name):
     _compiled_matches_eager(name, "aot_eager")
 
