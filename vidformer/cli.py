@@ -140,8 +140,8 @@ def _quickstart_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default="./quickstart", help="folder for checkpoints, logs and metrics")
     p.add_argument("--cache", default=None, help="folder for the synthetic dataset (default ~/.cache/vidformer)")
     _config_args(p, required=False)
-    p.add_argument("--train-per-class", type=int, default=32, help="synthetic training videos per class")
-    p.add_argument("--val-per-class", type=int, default=8, help="synthetic validation videos per class")
+    p.add_argument("--train-per-class", type=int, default=64, help="synthetic training videos per class")
+    p.add_argument("--val-per-class", type=int, default=16, help="synthetic validation videos per class")
 
 
 def _quickstart(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from torch import nn
 
 from vidformer.config import get_cfg
 from vidformer.engine.build import build_model
-from vidformer.engine.evaluator import aggregate_views, view_logits
+from vidformer.engine.evaluator import aggregate_views, describe_views, view_logits
 from vidformer.errors import UsageError
 
 
@@ -78,7 +78,7 @@ def predict_video(model: nn.Module, cfg: CfgNode, path: str, *, topk: int = 5, w
     names = label_names(cfg)
     views = load_video_views(path, cfg)  # (V, C, T, S, S)
     logits = view_logits(model, views, cfg.TEST.BATCH_SIZE)
-    result = {"video": path, "views": f"{cfg.TEST.NUM_ENSEMBLE_VIEWS} x {cfg.TEST.NUM_SPATIAL_CROPS}",
+    result = {"video": path, "views": describe_views(cfg.TEST.NUM_ENSEMBLE_VIEWS, cfg.TEST.NUM_SPATIAL_CROPS),
               "top": [p.__dict__ for p in top_classes(aggregate_views(logits, cfg.TEST.ENSEMBLE_METHOD), names, topk)]}
     if windows > 0:
         sliding = cfg.clone()
@@ -104,7 +104,7 @@ def window_spans(path: str, cfg: CfgNode) -> list[tuple[float, float]]:
 
 
 def format_prediction(result: dict) -> str:
-    lines = [f"{result['video']} ({result['views']} views):"]
+    lines = [f"{result['video']} ({result['views']}):"]
     lines += [f"  {p['probability']:7.2%}  {p['name']}" for p in result["top"]]
     for w in result.get("windows", []):
         lines.append(f"  {w['start_s']:7.2f}-{w['end_s']:7.2f} s: "

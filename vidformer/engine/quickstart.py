@@ -46,7 +46,7 @@ def _train_and_test(cfg: CfgNode) -> dict:
 
 
 def run_quickstart(output_dir: str, *, cache: str | None = None, config: str = QUICKSTART_CONFIG,
-                   overrides: list[str] = (), train_per_class: int = 32, val_per_class: int = 8) -> dict:
+                   overrides: list[str] = (), train_per_class: int = 64, val_per_class: int = 16) -> dict:
     """Train and test the video model and its one-frame control; returns {"video": metrics, "image": metrics}."""
     if not os.path.isfile(config):
         raise UsageError(f"quickstart config '{config}' does not exist (it ships in the repository's configs/; "
