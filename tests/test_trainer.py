@@ -129,6 +129,7 @@ FAMILY = ("MODEL.MODEL_NAME", "poolformer_s12", "MODEL.OVERRIDES", "{'depths': [
           "SOLVER.MAX_EPOCH", "1")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["none", "bf16"])
 def test_family_model_same_steps_with_and_without_activation_checkpointing(tmp_path, precision):
     runs = []
@@ -142,6 +143,7 @@ def test_family_model_same_steps_with_and_without_activation_checkpointing(tmp_p
     assert all(math.isfinite(v) for v in runs[0]) and runs[1] == pytest.approx(runs[0], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_mixup_trains_on_soft_targets(tmp_path):
     torch.manual_seed(0)
     trainer = Trainer(tiny_cfg(tmp_path, *FAMILY, "MIXUP.ENABLE", "True", "MIXUP.LABEL_SMOOTH_VALUE", "0.1"),
@@ -168,6 +170,7 @@ def test_outputs_logs_and_checkpoint_contents(tmp_path):
     assert ckpt["epoch"] == 2 and ckpt["step"] == 8 and ckpt["scheduler"]["step_count"] == 8
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_identical_weights(tmp_path):
     full = Trainer(tiny_cfg(tmp_path / "full", "SOLVER.MAX_EPOCH", "3", "TRAIN.EMA_DECAY", "0.5"),
                    build_loader=toy_loader)
