@@ -1,7 +1,9 @@
-"""The transformer MLP and stochastic depth, shared by every family."""
+"""The transformer MLPs, stochastic depth and the ViT-style linear init, shared by the families."""
 
 import torch
 from torch import nn
+
+from vidformer.layers.conv import SpaceTimeConv
 
 
 class Mlp(nn.Module):
@@ -19,6 +21,33 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class ConvMlp(nn.Module):
+    """The MLP on (B, C, T, H, W) grids: 1x1x1 conv -> GELU -> 1x1x1 conv (weights (out, in, 1, 1))."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = SpaceTimeConv(dim, hidden, 1)
+        self.act = nn.GELU()
+        self.fc2 = SpaceTimeConv(hidden, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def trunc_normal_init(layer: nn.Module, std: float = 0.02) -> None:
+    """Truncated-normal weight and zero bias: the init every family's papers use for linear layers."""
+    nn.init.trunc_normal_(layer.weight, std=std)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
+def init_linears(model: nn.Module, std: float = 0.02) -> None:
+    """trunc_normal_init on every nn.Linear of a model (norms and convs keep torch's defaults)."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            trunc_normal_init(m, std)
 
 
 class DropPath(nn.Module):

@@ -23,7 +23,8 @@ import torch.utils.checkpoint
 from torch import nn
 
 from vidformer.layers import (
-    CubePatchEmbed, DropPath, LayerNormChannels, Mlp, SpaceTimeConv, attention, drop_path_rates, to_grid, to_tokens,
+    CubePatchEmbed, DropPath, LayerNormChannels, Mlp, SpaceTimeConv, attention, drop_path_rates, init_linears, to_grid,
+    to_tokens,
 )
 from vidformer.errors import UsageError
 from vidformer.models.base import CheckpointLayout, PretrainedCfg, StateDict, VideoModel
@@ -222,7 +223,7 @@ class CvT(VideoModel):
         self.norm = nn.LayerNorm(embed_dims[-1], eps=1e-5)
         self.head_drop = nn.Dropout(head_dropout)
         self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(_init_weights)
+        init_linears(self)  # official init: trunc-normal linears; norms and convs keep torch's defaults
         nn.init.trunc_normal_(self.stages[-1].cls_token, std=0.02)
         image = num_frames == 1
         self.pretrained_cfg = PretrainedCfg(
@@ -259,17 +260,6 @@ class CvT(VideoModel):
     def no_weight_decay(self) -> set[str]:
         # the official recipe exempts cls tokens (norms and biases are 1-D, exempt anyway)
         return {f"stages.{i}.cls_token" for i, s in enumerate(self.stages) if s.cls_token is not None}
-
-
-def _init_weights(m: nn.Module) -> None:
-    # official init: trunc_normal(0.02) on Linear with zero bias; norms 1/0; convs keep PyTorch's default
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, (nn.LayerNorm, nn.BatchNorm3d)):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vidformer.errors import UsageError
-from vidformer.layers import (CubePatchEmbed, DropPath, GroupNorm1, SpaceTimeConv, attention, drop_path_rates,
-                              to_grid, to_tokens)
+from vidformer.layers import (ConvMlp, CubePatchEmbed, DropPath, GroupNorm1, SpaceTimeConv, attention, drop_path_rates,
+                              init_linears, to_grid, to_tokens, trunc_normal_init)
 from vidformer.models.base import CheckpointLayout, PretrainedCfg, StateDict, VideoModel
 from vidformer.models.registry import register_model
 
@@ -107,19 +107,6 @@ class GlobalAttention(nn.Module):
         return to_grid(self.proj(out), thw)
 
 
-class ConvMlp(nn.Module):
-    """PoolFormer's MLP as 1x1x1 convs (weights (out, in, 1, 1), as in the official checkpoints)."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = SpaceTimeConv(dim, hidden, 1)
-        self.act = nn.GELU()
-        self.fc2 = SpaceTimeConv(hidden, dim, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 def _make_mixer(name: str, dim: int, mixer_kernel_t: int, attn_head_dim: int) -> nn.Module:
     if name == "pool":
         return Pooling(3, mixer_kernel_t)
@@ -203,7 +190,11 @@ class PoolFormer(VideoModel):
         self.num_classes = num_classes
         self.pretrained_cfg = PretrainedCfg(mean=IMAGENET_MEAN, std=IMAGENET_STD, num_frames=num_frames,
                                             crop_size=img_size)
-        self.apply(_init_weights)
+        # official PoolFormer: trunc-normal linears and MLP 1x1 convs; patch convs keep torch's default
+        init_linears(self)
+        for mlp in (m for m in self.modules() if isinstance(m, ConvMlp)):
+            trunc_normal_init(mlp.fc1)
+            trunc_normal_init(mlp.fc2)
 
     def set_head_norm(self, mode: str) -> None:
         """Switch between the official and timm head orders, keeping the norm's affine parameters."""
@@ -271,15 +262,6 @@ def _stage_cfgs(depths, dims, token_mixers, layer_scale_init, temporal_kernels, 
         temporal_kernels, temporal_strides = (1,) * n, (1,) * n
     return tuple(StageCfg(d, c, m, kt, st, layer_scale_init)
                  for d, c, m, kt, st in zip(depths, dims, token_mixers, temporal_kernels, temporal_strides))
-
-
-def _init_weights(m: nn.Module) -> None:
-    # official PoolFormer: trunc_normal(0.02) for Linear and the MLP's 1x1 convs; patch convs keep torch's default
-    if isinstance(m, (nn.Linear, ConvMlp)):
-        for layer in ([m] if isinstance(m, nn.Linear) else [m.fc1, m.fc2]):
-            nn.init.trunc_normal_(layer.weight, std=0.02)
-            if layer.bias is not None:
-                nn.init.zeros_(layer.bias)
 
 
 # ---------------------------------------------------------------------------------------------

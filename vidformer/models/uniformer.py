@@ -14,8 +14,8 @@ import torch.utils.checkpoint
 from torch import nn
 
 from vidformer.errors import UsageError
-from vidformer.layers import (CubePatchEmbed, DropPath, LayerNormChannels, Mlp, SpaceTimeConv, attention,
-                              drop_path_rates, to_grid, to_tokens)
+from vidformer.layers import (ConvMlp, CubePatchEmbed, DropPath, LayerNormChannels, Mlp, SpaceTimeConv, attention,
+                              drop_path_rates, init_linears, to_grid, to_tokens)
 from vidformer.models.base import CheckpointLayout, PretrainedCfg, StateDict, VideoModel
 from vidformer.models.registry import register_model
 
@@ -49,19 +49,6 @@ class Kernels:
     @classmethod
     def for_frames(cls, num_frames: int) -> "Kernels":
         return cls(1, 1, 1, 1) if num_frames == 1 else cls(3, 2, 3, 5)
-
-
-class ConvMlp(nn.Module):
-    """The CBlock feed-forward: 1x1x1 conv -> GELU -> 1x1x1 conv on (B, C, T, H, W)."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = SpaceTimeConv(dim, hidden, 1)
-        self.act = nn.GELU()
-        self.fc2 = SpaceTimeConv(hidden, dim, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class CBlock(nn.Module):
@@ -157,7 +144,7 @@ class UniFormer(VideoModel):
         self.norm = nn.BatchNorm3d(dims[-1])
         self.head_drop = nn.Dropout(head_dropout)
         self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(_init_weights)
+        init_linears(self)  # the official init: trunc-normal linears; convs, BN and LN keep torch's defaults
 
         image = num_frames == 1
         self.pretrained_cfg = PretrainedCfg(
@@ -207,17 +194,6 @@ def _batchnorm_stats_frozen(module: nn.Module):
         for m, (momentum, count) in zip(norms, saved):
             m.momentum = momentum
             m.num_batches_tracked.copy_(count)
-
-
-def _init_weights(m: nn.Module) -> None:
-    # the official init: truncated normal Linear, unit LayerNorm; convs and BN keep torch's defaults
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
 
 
 # --- official checkpoint layouts ----------------------------------------------------------------------------
