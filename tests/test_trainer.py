@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tests.toy import ToyVideo
 from vidformer.checkpoint import load_checkpoint_file
 from vidformer.config import get_cfg
+from vidformer.errors import UsageError
 from vidformer.engine import distributed as du
 from vidformer.engine.optim import WarmupCosine, param_groups
 from vidformer.engine.runlog import read_json_lines
@@ -292,3 +293,19 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     one, two = (read_json_lines(str(tmp_path / name / "log.jsonl")) for name in ("one", "two"))
     assert [r["train_loss"] for r in two] == pytest.approx([r["train_loss"] for r in one], rel=1e-5)
     assert [r["val_top1"] for r in two] == [r["val_top1"] for r in one]
+
+
+def test_checkpoint_file_continues_its_run_unless_epoch_reset(tmp_path):
+    first = Trainer(tiny_cfg(tmp_path / "a", "SOLVER.MAX_EPOCH", "1"), build_loader=toy_loader)
+    first.fit()
+    path = latest_checkpoint(str(tmp_path / "a"))
+    fine_tune = Trainer(tiny_cfg(tmp_path / "b", "TRAIN.CHECKPOINT_FILE_PATH", path), build_loader=toy_loader)
+    assert fine_tune.epoch == 0 and torch.equal(fine_tune.model.head.weight, first.model.head.weight)
+    carry_on = Trainer(tiny_cfg(tmp_path / "c", "TRAIN.CHECKPOINT_FILE_PATH", path,
+                                "TRAIN.CHECKPOINT_EPOCH_RESET", "False"), build_loader=toy_loader)
+    assert (carry_on.epoch, carry_on.step) == (1, 4)
+    weights_only = str(tmp_path / "weights.pth")
+    torch.save({"model_state": first.model.state_dict()}, weights_only)
+    with pytest.raises(UsageError, match="not a vidformer training checkpoint"):
+        Trainer(tiny_cfg(tmp_path / "d", "TRAIN.CHECKPOINT_FILE_PATH", weights_only,
+                         "TRAIN.CHECKPOINT_EPOCH_RESET", "False"), build_loader=toy_loader)

@@ -51,7 +51,8 @@ _C.TRAIN.AUTO_RESUME = True
 _C.TRAIN.CHECKPOINT_FILE_PATH = ""
 # How 2-D kernels are inflated into 3-D ones when the checkpoint is an image model: "center" or "average".
 _C.TRAIN.CHECKPOINT_INFLATE = "average"
-# Start counting epochs from 0 after loading TRAIN.CHECKPOINT_FILE_PATH (fine-tuning).
+# True: take only the weights of TRAIN.CHECKPOINT_FILE_PATH and start at epoch 0 (fine-tuning).
+# False: continue that training checkpoint's run (epoch, optimizer, schedule, RNG).
 _C.TRAIN.CHECKPOINT_EPOCH_RESET = True
 # Mixed precision: "none", "bf16" or "fp16" (fp16 uses loss scaling).
 _C.TRAIN.MIXED_PRECISION = "none"

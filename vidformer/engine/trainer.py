@@ -173,7 +173,10 @@ class Trainer:
         self.model = (model if model is not None else build_model(cfg)).to(self.device)
         resume_from = self._resume_path(resume)
         if cfg.TRAIN.CHECKPOINT_FILE_PATH and resume_from is None:
-            self._load_initial_weights(cfg.TRAIN.CHECKPOINT_FILE_PATH)
+            if cfg.TRAIN.CHECKPOINT_EPOCH_RESET:
+                self._load_initial_weights(cfg.TRAIN.CHECKPOINT_FILE_PATH)
+            else:  # PySlowFast's meaning: carry on that run's epoch, optimizer and schedule
+                resume_from = cfg.TRAIN.CHECKPOINT_FILE_PATH
         if self.env.distributed and cfg.BN.SYNC and self.device.type == "cuda":
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
 
@@ -250,6 +253,11 @@ class Trainer:
         from vidformer.checkpoint import load_checkpoint_file
 
         ckpt = load_checkpoint_file(path)
+        missing = [k for k in ("model_state", "optimizer_state", "scheduler", "scaler", "epoch", "step", "rng")
+                   if k not in ckpt]
+        if missing:
+            raise UsageError(f"'{path}' is not a vidformer training checkpoint (no {', '.join(missing)}), so its run "
+                             f"cannot be continued; to start from its weights set TRAIN.CHECKPOINT_EPOCH_RESET True")
         self.model.load_state_dict(ckpt["model_state"])
         self.optimizer.load_state_dict(ckpt["optimizer_state"])
         self.schedule.load_state_dict(ckpt["scheduler"])
