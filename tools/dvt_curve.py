@@ -20,10 +20,16 @@ from vidformer.engine.adaptive import (budget_curve, collect_exit_probs, early_e
 from vidformer.engine.quickstart import QUICKSTART_CONFIG, default_cache, synthetic_dataset
 from vidformer.engine.trainer import Trainer
 
-# three exits on 32 px crops of 8 frames: 2x2x2 -> 4x3x3 -> 4x4x4 tokens (the 7 -> 10 -> 14 ladder, shrunk)
+# Three exits on 32 px crops of 8 frames: 4x2x2 -> 4x3x3 -> 4x4x4 tokens (the 7 -> 10 -> 14 ladder, shrunk).
+# Every exit's tubelet is 2 frames long: with the 4-frame tubelet of the Kinetics config the first exit had
+# only 2 time steps and learned the direction of motion far more slowly than the exits after it.
 CASCADE = ("{'embed_dim': 64, 'depth': 3, 'num_heads': 4, 'reuse_dim': 16, 'reuse_hidden': 32, "
-           "'exit_patches': ((4, 16, 16), (2, 11, 11), (2, 8, 8)), "
+           "'exit_patches': ((2, 16, 16), (2, 11, 11), (2, 8, 8)), "
            "'exit_paddings': ((0, 0, 0), (0, 1, 1), (0, 0, 0))}")
+# A from-scratch ViT on 256 clips: lr 1e-3 (4e-3 stayed at chance), no drop path, 12 epochs; the
+# rest (AdamW, 1 warm-up epoch, cosine, batch 16, no label smoothing) is configs/quickstart.yaml's.
+TRAINING = ["MODEL.DROPPATH_RATE", "0.0", "SOLVER.BASE_LR", "0.001", "SOLVER.WARMUP_START_LR", "0.0001",
+            "SOLVER.MAX_EPOCH", "12", "TRAIN.EVAL_PERIOD", "4", "TRAIN.CHECKPOINT_PERIOD", "12"]
 
 
 def main() -> None:
@@ -31,8 +37,8 @@ def main() -> None:
     p.add_argument("--output", default="runs/dvt_curve")
     p.add_argument("--cache", default=None, help="synthetic dataset folder (default ~/.cache/vidformer)")
     p.add_argument("--budget", type=float, default=0.6, help="target average GFLOPs as a share of the full cascade")
-    p.add_argument("--train-per-class", type=int, default=32)
-    p.add_argument("--val-per-class", type=int, default=8)
+    p.add_argument("--train-per-class", type=int, default=64, help="the quickstart's dataset by default")
+    p.add_argument("--val-per-class", type=int, default=16)
     p.add_argument("--calib-per-class", type=int, default=16)
     p.add_argument("opts", nargs="*", help="config KEY VALUE overrides")
     args = p.parse_args()
@@ -42,7 +48,7 @@ def main() -> None:
     if not os.path.isfile(os.path.join(calib, "val.csv")):
         make_synthetic_dataset(calib, num_classes=4, train_per_class=1, val_per_class=args.calib_per_class,
                                num_frames=32, size=64, seed=1)
-    base = ["MODEL.MODEL_NAME", "dvt_deit_s", "MODEL.OVERRIDES", CASCADE, "OUTPUT_DIR", args.output, *args.opts]
+    base = ["MODEL.MODEL_NAME", "dvt_deit_s", "MODEL.OVERRIDES", CASCADE, "OUTPUT_DIR", args.output, *TRAINING, *args.opts]
     cfg = get_cfg(QUICKSTART_CONFIG, base + ["DATA.PATH_TO_DATA_DIR", data])
     trainer = Trainer(cfg, resume=False)
     trainer.fit()
