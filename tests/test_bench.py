@@ -42,10 +42,10 @@ def test_train_step_leaves_no_gradients_and_forward_step_sets_eval():
 
 
 def test_matmul_rate_units():
-    rate = matmul_rate("fp32", 64, torch.device("cpu"), iters=2)
-    assert rate["n"] == 64 and _positive(rate["gmacs_per_s"])
+    rate = matmul_rate("fp32", 256, torch.device("cpu"), iters=2)
+    assert rate["n"] == 256 and _positive(rate["gmacs_per_s"])
     assert rate["gflops_per_s"] == pytest.approx(2 * rate["gmacs_per_s"])
-    assert rate["gmacs_per_s"] == pytest.approx(64 ** 3 / rate["seconds"] / 1e9)
+    assert rate["gmacs_per_s"] == pytest.approx(256 ** 3 / rate["seconds"] / 1e9)
 
 
 def test_cli_quick_writes_json(tmp_path, capsys):

@@ -5,7 +5,8 @@ References: mvitv2_* runs against torchvision's MViT (explicit attention) holdin
 other family runs against itself with attention forced to torch's MATH backend, the explicit
 softmax(QK^T + bias) V with the full attention matrix in memory. Timings alternate between the two
 models step by step, so load from other processes on a shared machine hits both alike; medians are
-reported. Peak memory is measured in a fresh subprocess per configuration (see `_memory_probe`).
+reported. Peak memory of a training step is measured in a fresh subprocess per configuration (see
+`_memory_probe`).
 """
 
 import ast
@@ -241,11 +242,20 @@ def peak_memory_mb(model: str, side: str, mode: str, dtype: str, s: BenchSetting
 # --------------------------------------------------------------------------------------------------
 # The ceiling: dense matmul
 
-def matmul_rate(dtype: str, n: int, device: torch.device, iters: int = 5) -> dict:
-    """Median rate of an n x n x n torch.mm: GMAC/s (the models' FLOP convention) and GFLOP/s (2 per MAC)."""
-    a = torch.randn(n, n, device=device, dtype=DTYPES[dtype])
-    b = torch.randn(n, n, device=device, dtype=DTYPES[dtype])
-    (seconds,) = time_alternating([lambda: torch.mm(a, b)], device, warmup=2, iters=iters)
+def matmul_rate(dtype: str, max_n: int, device: torch.device, iters: int = 5) -> dict:
+    """Median rate of an n x n x n torch.mm: GMAC/s (the models' FLOP convention) and GFLOP/s (2 per MAC).
+
+    n doubles from 256 up to max_n while one product takes under 0.2 s: CPUs without native bf16 run bf16
+    matmuls 10-50x slower than fp32, and a 2048^3 product would then take most of a minute.
+    """
+    n = 256
+    while True:
+        a = torch.randn(n, n, device=device, dtype=DTYPES[dtype])
+        (seconds,) = time_alternating([lambda: torch.mm(a, a)], device, warmup=1, iters=1)
+        if n >= max_n or seconds > 0.2:
+            break
+        n *= 2
+    (seconds,) = time_alternating([lambda: torch.mm(a, a)], device, warmup=1, iters=iters)
     gmacs = n ** 3 / seconds / 1e9
     return {"n": n, "seconds": seconds, "gmacs_per_s": gmacs, "gflops_per_s": 2 * gmacs}
 
@@ -285,10 +295,10 @@ def bench_model(name: str, s: BenchSettings, ceilings: dict, log=print) -> dict:
                 clips = s.batch / seconds
                 row[side] = {"seconds": seconds, "clips_per_s": clips,
                              "matmul_fraction": macs_per_clip * clips / ceilings[dtype]["gmacs_per_s"]}
-                if s.memory:
+                if s.memory and mode == "train":
                     row[side]["peak_mem_mb"] = peak_memory_mb(name, side, mode, dtype, s)
             row["speedup"] = t_ref / t_ours
-            if s.memory:
+            if s.memory and mode == "train":
                 row["memory_ratio"] = row["ours"]["peak_mem_mb"] / max(row["reference"]["peak_mem_mb"], 1e-9)
             log(f"  {mode:7s} {dtype}: {row['ours']['clips_per_s']:.3f} vs {row['reference']['clips_per_s']:.3f} "
                 f"clips/s ({row['speedup']:.2f}x)")
