@@ -127,6 +127,18 @@ def test_threshold_search_meets_gflops_budget_on_its_split(target):
     assert all(p.top1 <= point.top1 for p in budget_curve(probs, labels, cum) if p.gflops <= target)
 
 
+def test_threshold_search_spends_the_budget_when_top1_ties():
+    # every exit right on every clip: all points tie at 100 %, and the search keeps the one nearest the budget
+    labels = torch.arange(40) % 4
+    probs = torch.full((3, 40, 4), 0.1)
+    probs[:, torch.arange(40), labels] = torch.linspace(0.5, 0.7, 40)
+    cum = [1.0, 3.0, 6.0]
+    point = search_thresholds(probs, labels, cum, target_gflops=3.6)
+    assert point.top1 == 100.0
+    assert point.gflops == max(p.gflops for p in budget_curve(probs, labels, cum) if p.gflops <= 3.6)
+    assert 3.0 < point.gflops <= 3.6
+
+
 def test_threshold_search_for_accuracy_and_impossible_targets():
     probs, labels = _fake_split()
     cum = [1.0, 3.0, 6.0]

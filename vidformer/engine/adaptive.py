@@ -188,7 +188,11 @@ def search_thresholds(probs: torch.Tensor, labels: torch.Tensor, cumulative_gflo
                       target_gflops: float | None = None, target_top1: float | None = None,
                       qs: Sequence[float] = DEFAULT_QS) -> OperatingPoint:
     """The best operating point on this split: highest top-1 within `target_gflops` average GFLOPs, or
-    fewest GFLOPs reaching `target_top1` (%). Exactly one target must be given."""
+    fewest GFLOPs reaching `target_top1` (%). Exactly one target must be given.
+
+    Under a GFLOPs target, ties in top-1 go to the point that spends more of the budget: on a small split
+    that every exit gets right, the cheapest tied point sends almost everything to the first exit, and its
+    few extra mistakes on unseen clips are not ruled out by a tie on this one."""
     if (target_gflops is None) == (target_top1 is None):
         raise UsageError("give exactly one of target_gflops (DVT.TARGET_GFLOPS) or target_top1")
     points = budget_curve(probs, labels, cumulative_gflops, qs)
@@ -197,7 +201,7 @@ def search_thresholds(probs: torch.Tensor, labels: torch.Tensor, cumulative_gflo
         if not within:
             raise UsageError(f"target of {target_gflops:.4g} GFLOPs per clip is below the first exit's cost "
                              f"({cumulative_gflops[0]:.4g} GFLOPs); no thresholds can meet it")
-        return max(within, key=lambda p: (p.top1, -p.gflops))
+        return max(within, key=lambda p: (p.top1, p.gflops))
     reaching = [p for p in points if p.top1 >= target_top1]
     if not reaching:
         best = max(p.top1 for p in points)
