@@ -36,10 +36,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--output", default="runs/dvt_curve")
     p.add_argument("--cache", default=None, help="synthetic dataset folder (default ~/.cache/vidformer)")
-    p.add_argument("--budget", type=float, default=0.6, help="target average GFLOPs as a share of the full cascade")
-    p.add_argument("--train-per-class", type=int, default=64, help="the quickstart's dataset by default")
-    p.add_argument("--val-per-class", type=int, default=16)
-    p.add_argument("--calib-per-class", type=int, default=16)
+    # the goal is <= 60 % of the full cascade's GFLOPs on val; thresholds from the calibration split spend a
+    # few points more or less of it on val (0.590 there gave 0.618 here), so the search aims at 50 %
+    p.add_argument("--budget", type=float, default=0.5, help="target average GFLOPs as a share of the full cascade")
+    p.add_argument("--train-per-class", type=int, default=64, help="as many as the quickstart trains on")
+    p.add_argument("--val-per-class", type=int, default=32, help="1 point of top-1 is under one clip")
+    p.add_argument("--calib-per-class", type=int, default=32)
     p.add_argument("opts", nargs="*", help="config KEY VALUE overrides")
     args = p.parse_args()
     cache = args.cache or default_cache()
