@@ -80,38 +80,64 @@ def _rel_pos_table(table: torch.Tensor, q_len: int, k_len: int) -> torch.Tensor:
     qi = torch.arange(q_len, device=table.device, dtype=torch.float32)
     kj = torch.arange(k_len, device=table.device, dtype=torch.float32)
     dist = (qi[:, None] * q_ratio - (kj[None, :] + (1.0 - k_len)) * k_ratio).long()
-    # index_select: advanced indexing of a small table is orders of magnitude slower on CPU
-    return table.index_select(0, dist.flatten()).view(q_len, k_len, -1)
+    if torch.jit.is_tracing():  # FLOP counting: a lookup, as the papers count it
+        return table.index_select(0, dist.flatten()).view(q_len, k_len, -1)
+    # a one-hot matmul, not indexing: the backward of index_select/indexing is a scatter-add that is
+    # orders of magnitude slower on CPU than this small matmul's
+    return (F.one_hot(dist.flatten(), rows).to(table.dtype) @ table).view(q_len, k_len, -1)
 
 
-def rel_pos_bias(q: torch.Tensor, q_grid: Grid, k_grid: Grid, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
-                 rel_pos_t: torch.Tensor | None, num_prefix: int) -> torch.Tensor:
-    """Decomposed relative-position logits E = q.R_h + q.R_w (+ q.R_t) as an additive attention bias.
+def rel_pos_terms(q: torch.Tensor, q_grid: Grid, k_grid: Grid, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
+                  rel_pos_t: torch.Tensor | None, num_prefix: int) -> torch.Tensor:
+    """Per-axis relative-position logits [q.R_t | q.R_h | q.R_w], one column per key position along each axis.
 
     q: (B, P + Nq, heads, d) pooled, normed and *unscaled* queries (PySlowFast adds E after scaling QK^T
-    only). Returns (B, heads, P + Nq, P + Nk); prefix (cls) rows and columns are zero. Each axis costs
-    one matmul over Nq x (its key length); the full bias is written once and added to once.
+    only). Returns (B, P + Nq, heads, kt + kh + kw) (no kt columns without a temporal table); prefix (cls)
+    rows are zero. The bias E[i, j] is the sum of row i's columns at key j's t, h and w indices.
     """
     (qt, qh, qw), (kt, kh, kw) = q_grid, k_grid
     b, _, n, d = q.shape
     p = num_prefix
-    r = q[:, p:].view(b, qt, qh, qw, n, d)
-    # per-axis terms, all (B, qt, qh, qw, heads, k_axis); matmuls batched over the axis read q in place
+    r = q[:, p:].reshape(b, qt, qh, qw, n, d)
+    # each matmul is batched over its own axis and reads q in place: (B, qt, qh, qw, heads, k_axis)
     rh = _rel_pos_table(rel_pos_h, qh, kh)  # (qh, kh, d)
-    term_h = (r.view(b, qt, qh, qw * n, d) @ rh.transpose(1, 2)).view(b, qt, qh, qw, n, kh)
-    term_w = torch.einsum("bthwnc,wkc->bthwnk", r, _rel_pos_table(rel_pos_w, qw, kw))
-    term_hw = term_h[..., :, None] + term_w[..., None, :]  # (B, qt, qh, qw, heads, kh, kw)
-    bias = q.new_empty(b, n, p + qt * qh * qw, p + kt * kh * kw)
-    if p:
-        bias[:, :, :p].zero_()
-        bias[:, :, p:, :p].zero_()
-    grid_bias = bias[:, :, p:, p:].view(b, n, qt, qh, qw, kt, kh, kw)
-    grid_bias.copy_(term_hw.permute(0, 4, 1, 2, 3, 5, 6).unsqueeze(5))
+    terms = [(r.view(b, qt, qh, qw * n, d) @ rh.transpose(1, 2)).view(b, qt, qh, qw, n, kh),
+             torch.einsum("bthwnc,wkc->bthwnk", r, _rel_pos_table(rel_pos_w, qw, kw))]
     if rel_pos_t is not None:
         rt = _rel_pos_table(rel_pos_t, qt, kt)  # (qt, kt, d)
-        term_t = (r.view(b, qt, qh * qw * n, d) @ rt.transpose(1, 2)).view(b, qt, qh, qw, n, kt)
-        grid_bias.add_(term_t.permute(0, 4, 1, 2, 3, 5)[..., None, None])
-    return bias
+        terms.insert(0, (r.view(b, qt, qh * qw * n, d) @ rt.transpose(1, 2)).view(b, qt, qh, qw, n, kt))
+    out = torch.cat(terms, dim=-1).view(b, qt * qh * qw, n, -1)
+    return torch.cat([out.new_zeros(b, p, n, out.shape[-1]), out], dim=1) if p else out
+
+
+def key_position_indicators(k_grid: Grid, num_prefix: int, temporal: bool, like: torch.Tensor) -> torch.Tensor:
+    """(P + Nk, kt + kh + kw) one-hot columns of each key's t, h and w index (rows of prefix keys are zero).
+
+    Appended to the keys, they turn the decomposed rel-pos bias into part of the QK^T matmul:
+    [q * scale | terms] . [k | indicators]^T = scale q.k + E. The bias then needs no separate tensor,
+    and SDPA keeps its fused kernels in forward and backward.
+    """
+    kt, kh, kw = k_grid
+    idx = torch.arange(kt * kh * kw, device=like.device)
+    axes = [(idx // (kh * kw), kt)] if temporal else []
+    axes += [((idx // kw) % kh, kh), (idx % kw, kw)]
+    onehot = torch.cat([F.one_hot(i, size) for i, size in axes], dim=1).to(like.dtype)
+    return F.pad(onehot, (0, 0, num_prefix, 0))
+
+
+def rel_pos_bias(q: torch.Tensor, q_grid: Grid, k_grid: Grid, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
+                 rel_pos_t: torch.Tensor | None, num_prefix: int) -> torch.Tensor:
+    """The decomposed rel-pos logits E = q.R_h + q.R_w (+ q.R_t) as an explicit (B, heads, P + Nq, P + Nk) bias.
+
+    The model never builds it (it folds E into the attention matmul); it states what that computes.
+    """
+    (kt, kh, kw), p = k_grid, num_prefix
+    terms = rel_pos_terms(q, q_grid, k_grid, rel_pos_h, rel_pos_w, rel_pos_t, p).permute(0, 2, 1, 3)
+    if rel_pos_t is None:
+        terms = torch.cat([terms.new_zeros(*terms.shape[:3], kt), terms], dim=-1)
+    t, h, w = terms.split([kt, kh, kw], dim=-1)  # (B, heads, P + Nq, k_axis)
+    grid = t[..., :, None, None] + h[..., None, :, None] + w[..., None, None, :]  # (B, heads, P + Nq, kt, kh, kw)
+    return F.pad(grid.flatten(3), (p, 0))  # prefix keys get no bias
 
 
 class MultiScaleAttention(nn.Module):
@@ -148,33 +174,68 @@ class MultiScaleAttention(nn.Module):
         """(B, P + N, heads, d) -> (B, P + N', heads, d), pooled over the (T, H, W) grid, then normed.
 
         Heads go into the channel axis with the shared kernel repeated per head, so the grid is read in
-        place as a channels-last clip (the fast depthwise path) and the output is already in token order.
+        place as channels-last frames. The depthwise 3-D conv runs as one 2-D depthwise conv per temporal
+        tap, summed over the shifted frames: the same arithmetic, but torch's CPU backward of a depthwise
+        conv3d is over ten times slower than that of conv2d.
         """
         b, _, n, d = z.shape
-        p = self.num_prefix
-        grid_cl = z[:, p:].reshape(b, *grid, n * d).permute(0, 4, 1, 2, 3)  # (B, heads*d, T, H, W), channels-last
-        weight = conv.weight if conv.weight.ndim == 5 else conv.weight.unsqueeze(2)
-        out = F.conv3d(grid_cl, weight.repeat(n, 1, 1, 1, 1), None, conv.stride, conv.padding, 1, n * d)
-        new_grid = tuple(out.shape[2:])
-        out = out.permute(0, 2, 3, 4, 1).reshape(b, -1, n, d)  # (B, N', heads, d)
+        p, c = self.num_prefix, n * d
+        t, h, w = grid
+        frames = z[:, p:].reshape(b, t, h, w, c)
+        weight = conv.weight if conv.weight.ndim == 5 else conv.weight.unsqueeze(2)  # (d, 1, kt, kh, kw)
+        kt, st, pt = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+        t_out = (t + 2 * pt - kt) // st + 1
+        out = None
+        # the centre tap first: it reaches every output frame, so its result is the sum the others add into
+        for i in sorted(range(kt), key=lambda i: i != pt):
+            lo, hi = max(0, -((i - pt) // st)), min(t_out, (t - 1 - i + pt) // st + 1)  # output frames tap i reaches
+            if lo >= hi:
+                continue
+            src = frames[:, lo * st + i - pt:(hi - 1) * st + i - pt + 1:st]  # (B, hi - lo, H, W, C)
+            y = F.conv2d(src.reshape(-1, h, w, c).permute(0, 3, 1, 2), weight[:, :, i].repeat(n, 1, 1, 1), None,
+                         conv.stride[1:], conv.padding[1:], 1, c)  # (B * (hi - lo), C, H', W'), channels-last
+            y = y.unflatten(0, (b, hi - lo))
+            if out is None and (lo, hi) == (0, t_out):
+                out = y
+            else:
+                if out is None:
+                    out = y.new_zeros(b, t_out, *y.shape[2:])
+                out[:, lo:hi] += y
+        new_grid = (t_out, *out.shape[3:])
+        out = out.permute(0, 1, 3, 4, 2).reshape(b, -1, n, d)  # (B, N', heads, d)
         if p:
             out = torch.cat([z[:, :p], out], dim=1)
         return norm(out), new_grid
 
     def forward(self, x: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, Grid]:
         b, length, _ = x.shape
-        q, k, v = self.qkv(x).view(b, length, 3, self.num_heads, self.head_dim).unbind(2)  # (B, L, heads, d)
+        # three projections instead of one fused qkv output: each of q, k, v is then dense for the pooling
+        weights, biases = self.qkv.weight.chunk(3), self.qkv.bias.chunk(3) if self.qkv.bias is not None else [None] * 3
+        q, k, v = (F.linear(x, wt, bs).view(b, length, self.num_heads, self.head_dim) for wt, bs in zip(weights, biases))
         q, q_grid = self._pool(q, self.pool_q, self.norm_q, grid)
         k, k_grid = self._pool(k, self.pool_k, self.norm_k, grid)
         v, _ = self._pool(v, self.pool_v, self.norm_v, grid)
-        bias = rel_pos_bias(q, q_grid, k_grid, self.rel_pos_h, self.rel_pos_w, self.rel_pos_t, self.num_prefix)
-        out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), bias)  # (B, heads, Lq, d)
-        out = out.transpose(1, 2)  # (B, Lq, heads, d)
+        if torch.jit.is_tracing():  # FLOP counting sees the papers' arithmetic: QK^T over d, E as a bias
+            bias = rel_pos_bias(q, q_grid, k_grid, self.rel_pos_h, self.rel_pos_w, self.rel_pos_t, self.num_prefix)
+            out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), bias).transpose(1, 2)
+            return self._residual_and_proj(out, q, b), q_grid
+        # fold the rel-pos bias into the matmul: [q * scale | q.R] . [k | one-hot key positions]^T (v zero-padded)
+        terms = rel_pos_terms(q, q_grid, k_grid, self.rel_pos_h, self.rel_pos_w, self.rel_pos_t, self.num_prefix)
+        keys = key_position_indicators(k_grid, self.num_prefix, self.rel_pos_t is not None, k)
+        extra = keys.shape[1]
+        q_aug = torch.cat([q * self.head_dim ** -0.5, terms], dim=-1)  # (B, Lq, heads, d + extra)
+        k_aug = torch.cat([k, keys[None, :, None].expand(b, -1, self.num_heads, -1)], dim=-1)
+        v_aug = F.pad(v, (0, extra))
+        out = attention(q_aug.transpose(1, 2), k_aug.transpose(1, 2), v_aug.transpose(1, 2), scale=1.0)
+        out = out[..., :self.head_dim].transpose(1, 2)  # (B, Lq, heads, d)
+        return self._residual_and_proj(out, q, b), q_grid
+
+    def _residual_and_proj(self, out: torch.Tensor, q: torch.Tensor, b: int) -> torch.Tensor:
         if self.residual_pooling:
             # Z = Attn(Q, K, V) + Q (MViTv2 Eq. 5), the cls row excepted as in PySlowFast
             p = self.num_prefix
             out = torch.cat([out[:, :p], out[:, p:] + q[:, p:]], dim=1) if p else out + q
-        return self.proj_drop(self.proj(out.reshape(b, -1, self.dim))), q_grid
+        return self.proj_drop(self.proj(out.reshape(b, -1, self.dim)))
 
 
 class MultiScaleBlock(nn.Module):
