@@ -79,8 +79,8 @@ def test_quick_bench_measures_mvitv2_against_torchvision_with_memory_and_data():
     (model,) = result["models"]
     assert model["reference"].startswith("torchvision") and model["parity_rel_diff"] < 1e-3
     assert 0.001 < model["gflops_per_clip"] < 0.1  # the tiny model: about 2 MFLOPs per 4x32x32 clip
-    # torchvision's count is the nominal work; vidformer may compute a little more (folded rel-pos terms)
-    assert model["gflops_per_clip"] <= model["gflops_computed"] < 1.2 * model["gflops_per_clip"]
+    # the FLOP rate uses torchvision's count; vidformer's own count of the same arithmetic is within a few per cent
+    assert model["gflops_computed"] == pytest.approx(model["gflops_per_clip"], rel=0.1)
     for row in model["results"]:
         for side in ("ours", "reference"):
             fig = row[side]
