@@ -78,7 +78,7 @@ def test_huggingface_parity_at_t1():
     report = load_pretrained(model, ref.state_dict(), strict=True)
     assert report.layout == "cvt_huggingface" and not report.problems
     assert isinstance(model.stages[2].blocks[0].mlp.act, torch.nn.GELU)  # the HF port's activation
-    assert model.pretrained_cfg.extra == {"act": "gelu", "attn_scale": "embed_dim"}
+    assert model.pretrained_cfg.extra == {"options": {"act": "gelu", "attn_scale": "embed_dim"}}
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         want, got = ref(x).logits, model(x)

@@ -51,9 +51,17 @@ class _FlashAttentionMatmulBackward(torch.autograd.Function):
         return ds @ k, ds.transpose(-2, -1) @ q, dv, None
 
 
+def _matmul_backward_pays(q: torch.Tensor, bias) -> bool:
+    """Eager CPU training of fewer (batch x heads) than threads, where torch's flash backward idles threads.
+
+    Under torch.compile the compiler owns the backward, so the plain op is traced instead.
+    """
+    return (not torch.compiler.is_compiling() and bias is None and q.device.type == "cpu"
+            and torch.is_grad_enabled() and q.requires_grad and q.shape[0] * q.shape[1] < torch.get_num_threads())
+
+
 def _sdpa(q, k, v, bias, scale):
-    few_heads = q.shape[0] * q.shape[1] < torch.get_num_threads()
-    if bias is None and few_heads and q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad:
+    if _matmul_backward_pays(q, bias):
         if scale is None:
             scale = q.shape[-1] ** -0.5
         return _FlashAttentionMatmulBackward.apply(q, k, v, scale)
