@@ -197,15 +197,6 @@ _C.DATA_LOADER.NUM_WORKERS = 4
 # Pin host memory for faster copies to the GPU.
 _C.DATA_LOADER.PIN_MEMORY = True
 
-# ---------------------------------------------------------------------------------------------
-_C.DVT = CfgNode()
-# Exits of the Dynamic Vision Transformer cascade to train and evaluate (number of exits).
-_C.DVT.NUM_EXITS = 3
-# Confidence thresholds per exit for early-exit inference ([] means run every exit).
-_C.DVT.THRESHOLDS = []
-# Target average GFLOPs per view for the threshold search (0 disables the search).
-_C.DVT.TARGET_GFLOPS = 0.0
-
 
 def get_defaults() -> CfgNode:
     """A fresh copy of the defaults (safe to modify)."""

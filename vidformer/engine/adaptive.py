@@ -194,7 +194,7 @@ def search_thresholds(probs: torch.Tensor, labels: torch.Tensor, cumulative_gflo
     that every exit gets right, the cheapest tied point sends almost everything to the first exit, and its
     few extra mistakes on unseen clips are not ruled out by a tie on this one."""
     if (target_gflops is None) == (target_top1 is None):
-        raise UsageError("give exactly one of target_gflops (DVT.TARGET_GFLOPS) or target_top1")
+        raise UsageError("give exactly one of target_gflops or target_top1")
     points = budget_curve(probs, labels, cumulative_gflops, qs)
     if target_gflops is not None:
         within = [p for p in points if p.gflops <= target_gflops * (1 + 1e-9)]
