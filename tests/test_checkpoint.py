@@ -100,7 +100,7 @@ def test_a_pickle_that_runs_code_is_refused_and_the_code_never_runs(tmp_path):
     marker = str(tmp_path / "pwned")
     path = tmp_path / "evil.pth"
     torch.save({"model": {"w": torch.zeros(1)}, "payload": _RunsCode(marker)}, path)
-    with pytest.raises(UsageError, match="needs code to be unpickled"):
+    with pytest.raises(UsageError, match=r"needs code to be unpickled.*GLOBAL posix.mkdir"):
         load_pretrained(_image_model(), str(path))
     assert not os.path.exists(marker)
 
@@ -114,6 +114,9 @@ def test_truncated_and_missing_files_give_clear_errors(tmp_path):
         load_checkpoint_file(str(tmp_path / "cut.pth"))
     with pytest.raises(UsageError, match="does not exist"):
         load_checkpoint_file(str(tmp_path / "nope.pth"))
+    (tmp_path / "notes.txt").write_text("not a checkpoint\n")
+    with pytest.raises(UsageError, match="is not a PyTorch checkpoint"):
+        load_checkpoint_file(str(tmp_path / "notes.txt"))
 
 
 class _FailsHalfway:

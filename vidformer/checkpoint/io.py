@@ -37,9 +37,13 @@ def load_checkpoint_file(path: str) -> dict:
     try:
         return torch.load(local, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        # torch names the blocked callable in a "GLOBAL" line; anything else is a file that is no pickle at all
+        needs_code = [line for line in str(e).splitlines() if "GLOBAL" in line]
+        if not needs_code:
+            raise UsageError(f"checkpoint '{path}' is not a PyTorch checkpoint (it does not unpickle)") from None
         raise UsageError(
             f"checkpoint '{path}' needs code to be unpickled, which could run anything, so vidformer refuses it "
-            f"({str(e).splitlines()[0][:200]}). If you trust the file, re-save its tensors once with plain torch: "
+            f"({needs_code[0].strip()[:200]}). If you trust the file, re-save its tensors once with plain torch: "
             f"python -c \"import torch; torch.save(torch.load('{path}', weights_only=False), 'clean.pth')\" "
             f"(or keep only its state dict), then load clean.pth."
         ) from None
