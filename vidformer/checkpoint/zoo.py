@@ -224,7 +224,7 @@ ZOO: tuple[PretrainedEntry, ...] = (
     *_cvt("cvt_21.in22k_in1k_384", "CvT-21-384x384-IN-22k.pth", "cvt-21-384-22k", 384, 84.9,
           "configs/imagenet/cvt_21_384.yaml", notes="ImageNet-22k pre-trained, fine-tuned on 1k"),
     *_cvt("cvt_w24.in22k_in1k_384", "CvT-w24-384x384-IN-22k.pth", "cvt-w24-384-22k", 384, 87.6,
-          "configs/imagenet/cvt_w24.yaml", notes="ImageNet-22k pre-trained, fine-tuned on 1k"),
+          "", notes="ImageNet-22k pre-trained, fine-tuned on 1k"),
     # DVT on DeiT-S: Tsinghua Cloud serves the file directly (?dl=1); also on the README's Google Drive.
     PretrainedEntry("dvt_deit_s.in1k", "in1k", 1, 1, 224, "dvt_official", None, "adaptive", "configs/imagenet/dvt_deit_s.yaml",
                     url="https://cloud.tsinghua.edu.cn/f/c415017423dd40ab8e72/?dl=1",

@@ -116,9 +116,11 @@ class PytorchvideoNet(VideoModel):
         return net.head.sequence_pool(x)  # (B, D): the cls token
 
     def _run(self, block: nn.Module, *args):
-        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, *args, use_reentrant=False)
-        return block(*args)
+        if not (self.grad_checkpointing and self.training and torch.is_grad_enabled()):
+            return block(*args)
+        if isinstance(args[0], list):  # a SlowFast stage writes into the list it is given: recompute from a copy
+            return checkpoint(lambda *paths: block(list(paths)), *args[0], use_reentrant=False)
+        return checkpoint(block, *args, use_reentrant=False)
 
     def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         head = self._head()
