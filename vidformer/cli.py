@@ -6,6 +6,7 @@ Exit codes: 0 success, 2 bad usage or bad input (the message names the key, file
 
 import argparse
 import json
+import os
 import sys
 
 from vidformer.errors import UsageError
@@ -178,6 +179,45 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'mvitv2_*' or '*.k400*'")
+    p.add_argument("--pretrained", action="store_true",
+                   help="list the model zoo (published checkpoints, loadable by name) instead of the registry")
+    p.add_argument("--json", action="store_true", help="print one JSON list")
+
+
+def _models(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from vidformer.checkpoint.remote import cache_path
+    from vidformer.checkpoint.zoo import list_pretrained
+    from vidformer.models import list_models
+
+    if not args.pretrained:
+        names = list_models(args.pattern)
+        if not names:
+            raise UsageError(f"no registered model matches '{args.pattern}'; try `vidformer models`")
+        print(json.dumps(names) if args.json else "\n".join(names))
+        return 0
+    entries = list_pretrained(args.pattern)
+    if not entries:
+        raise UsageError(f"no zoo entry matches '{args.pattern}'; try `vidformer models --pretrained`")
+    if args.json:
+        print(json.dumps([dict(asdict(e), model=e.model, num_classes=e.num_classes, cache_path=cache_path(e))
+                          for e in entries]))
+        return 0
+    rows = [("name", "data", "frames x rate, crop", "top-1 (clips x crops)", "layout", "file")]
+    for e in entries:
+        top1 = f"{e.top1} ({e.views})" if e.top1 is not None else "-"
+        where = "cached" if os.path.isfile(cache_path(e)) else ("download" if e.url else "by hand (browser)")
+        rows.append((e.name, f"{e.tag} ({e.num_classes})", e.geometry, top1, e.layout, where))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    print("load one: vidformer.create_model(MODEL, pretrained=NAME), or zoo:NAME wherever a checkpoint path goes")
+    return 0
+
+
 def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", nargs="+", default=None,
                    help="registered names (default: mvitv2_s and one model per other family)")
@@ -214,6 +254,8 @@ VERBS = {
     "convert": ("convert a checkpoint (any known layout) into a native vidformer checkpoint", _convert_args, _convert),
     "inflate": ("inflate an image checkpoint into a video model's native checkpoint",
                 lambda p: _convert_args(p, inflate=True), _convert),
+    "models": ("registered model names, or with --pretrained the model zoo (published checkpoints)",
+               _models_args, _models),
     "bench": ("model throughput and memory against torchvision / naive attention, data loading, matmul ceiling",
               _bench_args, _bench),
 }

@@ -11,3 +11,8 @@ class UsageError(ValueError):
 
 class ConfigError(UsageError):
     """A config file or override that cannot be applied."""
+
+
+class DownloadError(UsageError):
+    """A checkpoint URL or zoo file that could not be fetched; the message names the URL and the cache path
+    where a file fetched by hand can be placed (so it reads as one line at the command line, exit code 2)."""

@@ -13,6 +13,7 @@ import zipfile
 import torch
 from iopath.common.file_io import PathManager
 
+from vidformer.checkpoint.remote import resolve_source
 from vidformer.errors import UsageError
 
 path_manager = PathManager()
@@ -22,7 +23,10 @@ _PREFIXES = ("module.", "_orig_mod.", "model.")
 
 
 def load_checkpoint_file(path: str) -> dict:
-    """The object stored in a checkpoint file (a .pt/.pth/.pyth pickle or a .safetensors file)."""
+    """The object stored in a checkpoint file (a .pt/.pth/.pyth pickle or a .safetensors file).
+
+    A URL or zoo name (`zoo:NAME`) is read from the download cache, fetched once (checkpoint/remote.py)."""
+    path = resolve_source(path)
     if not path_manager.exists(path):
         raise UsageError(f"checkpoint '{path}' does not exist")
     local = path_manager.get_local_path(path)

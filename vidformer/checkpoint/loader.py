@@ -1,5 +1,9 @@
 """load_pretrained: any known checkpoint layout into any vidformer model, with a report of every change.
 
+Sources: a path, an iopath URI, a state dict, an http(s) URL or a model-zoo name (`mvitv2_s.k400_16x4`,
+also `zoo:NAME`); URLs and zoo names are fetched once into the cache (checkpoint/remote.py), and a zoo
+checkpoint also sets the model's pretrained_cfg (normalisation, sampling rate) from its entry.
+
 Steps: read the file safely, unwrap containers, detect the layout (native, or one of the model
 class's `checkpoint_layouts`), convert key names, then adapt shapes to the model one key at a time
 (inflate / deflate kernels, resize position tables, zero new temporal tables, drop a classifier with
@@ -15,6 +19,8 @@ from torch import nn
 from vidformer.checkpoint.inflate import (INFLATE_METHODS, deflate_kernel, inflate_kernel, resize_pos_embed,
                                           resize_rel_pos)
 from vidformer.checkpoint.io import load_checkpoint_file, unwrap_state_dict
+from vidformer.checkpoint.remote import entry_of
+from vidformer.checkpoint.zoo import PretrainedEntry
 from vidformer.errors import UsageError
 
 _TEMPORAL_TABLES = ("rel_pos_t", "pos_embed_temporal", "temporal_pos")
@@ -67,7 +73,7 @@ class LoadReport:
 
 
 def load_pretrained(model: nn.Module, source, *, inflate: str = "center", strict: bool = False) -> LoadReport:
-    """Load weights from a path, iopath URI or state dict into `model`; see the module docstring."""
+    """Load weights from a path, iopath URI, URL, zoo name or state dict into `model`; see the module docstring."""
     if inflate not in INFLATE_METHODS:
         raise UsageError(f"inflate must be one of {', '.join(INFLATE_METHODS)}, got {inflate!r}")
     if isinstance(source, dict):
@@ -86,7 +92,18 @@ def load_pretrained(model: nn.Module, source, *, inflate: str = "center", strict
     if strict and report.problems:
         raise UsageError(f"strict load of '{name}' ({layout} layout) failed:\n  " + "\n  ".join(report.problems))
     model.load_state_dict(adapted, strict=False)
+    entry = entry_of(source)
+    if entry is not None and hasattr(model, "pretrained_cfg"):
+        _feed_like(model.pretrained_cfg, entry)
     return report
+
+
+def _feed_like(cfg, entry: PretrainedEntry) -> None:
+    """The model now expects its input the way the zoo checkpoint was trained (its clip geometry only
+    where the model has the same clip length)."""
+    cfg.mean, cfg.std, cfg.source = tuple(entry.mean), tuple(entry.std), f"zoo:{entry.name}"
+    if cfg.num_frames == entry.num_frames:
+        cfg.sampling_rate = entry.sampling_rate
 
 
 def _recorded_options(obj) -> dict:
