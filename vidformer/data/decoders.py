@@ -344,7 +344,7 @@ class _ImageReader(VideoReader):
         self.path = path
         try:
             with Image.open(path) as image:
-                self._frame = np.asarray(image.convert("RGB"))
+                self._frame = np.array(image.convert("RGB"))
         except (UnidentifiedImageError, OSError) as e:
             raise DecodeError(path, f"not a readable image ({e})") from None
         self.num_frames = 1

@@ -6,11 +6,12 @@ position, colours and textures are random per video, so no single frame tells th
 Also writes "frame-number" videos, whose colour encodes the frame index, for sampler tests.
 """
 
+import itertools
 import json
 import math
 import os
 from fractions import Fraction
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import av
 import numpy as np
@@ -86,7 +87,7 @@ def make_synthetic_dataset(
 
 def write_video(
     path: str,
-    frames: np.ndarray,
+    frames: Iterable[np.ndarray],
     *,
     fps: int = 30,
     codec: str = "libx264",
@@ -98,7 +99,8 @@ def write_video(
     rotation: int = 0,
     audio: bool = False,
 ) -> None:
-    """Encode uint8 RGB frames (T, H, W, 3) to `path` with PyAV; keyframe every `gop` frames.
+    """Encode uint8 RGB frames (T, H, W, 3), or any iterable of (H, W, 3) frames, to `path` with PyAV;
+    keyframe every `gop` frames.
 
     The awkward files of the field, for tests: `pts` gives each frame's presentation timestamp in
     `time_base` units (variable rate, jitter, gaps, a late start; default i / fps); `bframes` sets
@@ -106,7 +108,9 @@ def write_video(
     degrees, as phones do); `audio` adds a silent AAC track beside the video.
     """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    frames = np.ascontiguousarray(frames, dtype=np.uint8)
+    frames = iter(frames)
+    first = next(frames)
+    height, width = first.shape[:2]
     time_base = time_base or Fraction(1, 90000)
     with av.open(path, "w") as container:
         options = {"crf": str(crf)} if codec == "libx264" else {"crf": str(crf), "b": "0", "deadline": "realtime"}
@@ -115,9 +119,9 @@ def write_video(
             if bframes is not None:
                 options["x264-params"] = f"bframes={bframes}:b-adapt=0"
         stream = container.add_stream(codec, rate=fps, options=options)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.width, stream.height = width, height
         # 4:2:0 chroma needs even sides; an odd-sized test video is written 4:4:4
-        stream.pix_fmt = "yuv420p" if frames.shape[1] % 2 == frames.shape[2] % 2 == 0 else "yuv444p"
+        stream.pix_fmt = "yuv420p" if height % 2 == width % 2 == 0 else "yuv444p"
         stream.codec_context.gop_size = gop
         # one encoder thread: the file bytes then depend on the frames only
         stream.codec_context.thread_count = 1
@@ -126,14 +130,16 @@ def write_video(
         if rotation:
             stream.set_display_rotation(rotation)
         sound = container.add_stream("aac", rate=16000, layout="mono") if audio else None
-        for i, array in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+        count = 0
+        for i, array in enumerate(itertools.chain([first], frames)):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array, dtype=np.uint8), format="rgb24")
             if pts is not None:
                 frame.pts, frame.time_base = int(pts[i]), time_base
             container.mux(stream.encode(frame))
+            count += 1
         container.mux(stream.encode())
         if sound is not None:
-            samples = int(16000 * len(frames) / fps)
+            samples = int(16000 * count / fps)
             for start in range(0, samples, 1024):
                 chunk = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
                 chunk.sample_rate, chunk.pts = 16000, start
