@@ -264,8 +264,8 @@ def _decord_reason(error: Exception) -> str:
     # decord prefixes its messages with a source location and a failed check; keep the message
     reason = str(error).splitlines()[0].split("ERROR")[-1].strip()
     if "DECORDArrayCopyFromTo" in reason:
-        # decord 0.6 rotates such frames but copies them with the unrotated size (dmlc/decord#51's batch path)
-        reason = "decord returns rotated frames of this size wrongly; use DATA.DECODING_BACKEND pyav"
+        # decord 0.6 mis-sizes its output for some frame widths (16, 24, 48 pixels, after rotation too)
+        reason = "decord 0.6 cannot return frames of this width (a decord bug); use DATA.DECODING_BACKEND pyav"
     return reason
 
 
