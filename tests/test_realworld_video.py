@@ -16,6 +16,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from torchvision import tv_tensors
 
 import vidformer
 from vidformer.config import get_cfg
@@ -175,3 +176,16 @@ def test_views_of_a_720p_clip_never_hold_every_frame_as_float(tmp_path):
     # that with the /255 copy); resized as they are decoded they take 24 x 1 MB, next to 12 views of 4.6 MB
     full_size_float = 24 * 720 * 1280 * 3 * 4 / 2**20
     assert result["added_mb"] < result["views_mb"] + 0.5 * full_size_float, result
+
+
+def test_train_transform_in_chunks_equals_the_whole_clip():
+    cfg = get_cfg(overrides=["DATA.TRAIN_CROP_SIZE", "32", "AUG.ENABLE", "True", "AUG.AA_TYPE", "rand-m9-n4-mstd0.5-inc1",
+                             "AUG.RE_PROB", "1.0", "AUG.RE_MODE", "pixel"])  # fmt: skip
+    transform = TrainTransform(cfg)
+    for seed in range(6):
+        clip = torch.randint(0, 256, (10, 3, 40, 52), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+        torch.manual_seed(seed)
+        chunked, after_chunked = transform(clip), torch.rand(1)
+        torch.manual_seed(seed)
+        whole = transform.transform(tv_tensors.Video(clip)).as_subclass(torch.Tensor).permute(1, 0, 2, 3)
+        assert torch.equal(chunked, whole) and torch.equal(after_chunked, torch.rand(1))

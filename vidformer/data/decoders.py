@@ -145,10 +145,7 @@ class _PyAVReader(VideoReader):
         import av
 
         self.path = path
-        self._container = _open_container(path)
-        self._stream = self._container.streams.video[0]
-        self._stream.thread_type = "NONE"
-        self._stream.codec_context.thread_count = 1
+        self._open()
         rate = self._stream.average_rate or self._stream.guessed_rate
         if not rate:
             self._container.close()
@@ -190,13 +187,16 @@ class _PyAVReader(VideoReader):
         self._key_before = np.maximum(np.searchsorted(key_positions, np.arange(self.num_frames), side="right") - 1, 0)
         self._key_positions = key_positions
 
-    def _decode_from_start(self) -> Iterator:
-        """Every frame from the file's start: reopened rather than sought, which some files refuse."""
-        self._container.close()
+    def _open(self) -> None:
         self._container = _open_container(self.path)
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "NONE"
         self._stream.codec_context.thread_count = 1
+
+    def _decode_from_start(self) -> Iterator:
+        """Every frame from the file's start: reopened rather than sought, which some files refuse."""
+        self._container.close()
+        self._open()
         return self._container.decode(self._stream)
 
     def _decode_from(self, key: int | None) -> Iterator[tuple[int, object]]:

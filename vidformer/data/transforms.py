@@ -57,6 +57,10 @@ def normalize(clip: torch.Tensor, mean, std) -> torch.Tensor:
     return (clip - mean) / std
 
 
+# frames per pass of the training transform (see TrainTransform.__call__)
+_TRAIN_CHUNK = 4
+
+
 class RandomShortSideScale(v2.Transform):
     """Short side to a size drawn uniformly from [low, high], long side floor(long / short * size), as
     PySlowFast's short-side jitter. (v2.RandomShortestSize scales both sides by a float ratio and can
@@ -108,8 +112,18 @@ class TrainTransform:
         self.transform = v2.Compose(steps)
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 (T, C, H, W) -> float (C, T, crop, crop)."""
-        return self.transform(tv_tensors.Video(frames)).as_subclass(torch.Tensor).permute(1, 0, 2, 3).contiguous()
+        """uint8 (T, C, H, W) -> float (C, T, crop, crop).
+
+        The clip goes through in chunks of _TRAIN_CHUNK frames, each from the same state of torch's
+        generator, so every chunk draws the same parameters as the whole clip would (every op here
+        works frame by frame, and no draw depends on T): the result is the whole clip's, while the
+        full-resolution intermediates of RandAugment exist for a few frames at a time."""
+        state = torch.get_rng_state()
+        chunks = []
+        for start in range(0, len(frames), _TRAIN_CHUNK):
+            torch.set_rng_state(state)
+            chunks.append(self.transform(tv_tensors.Video(frames[start : start + _TRAIN_CHUNK])).as_subclass(torch.Tensor))
+        return torch.cat(chunks).permute(1, 0, 2, 3).contiguous()
 
 
 def short_side_resize(frames: torch.Tensor, size: int) -> torch.Tensor:
