@@ -99,20 +99,22 @@ def test_rotation_is_applied_by_every_backend(tmp_path):
             assert np.abs(got[0].astype(int) - shown).mean() < 3, (degrees, backend)
 
 
-@pytest.mark.parametrize("height,width", [(98, 144), (61, 97)])
+@pytest.mark.parametrize("height,width", [(98, 144), (61, 97), (71, 143)])
 def test_odd_sizes_decode_and_train_crops_fit(tmp_path, height, width):
     path = write_frame_number_video(str(tmp_path / "odd.mp4"), 20, height=height, width=width)
     for backend in BACKENDS:
         with open_video(path, backend) as reader:
             assert reader.get_frames([3, 19]).shape == (2, height, width, 3)
             assert read_frame_numbers(reader.get_frames([3, 19])) == [3, 19]
-    # short-side jitter whose low end is the crop: 98 -> 224 must not come out 223 (RandomCrop raised)
-    cfg = get_cfg(overrides=["DATA.TRAIN_CROP_SIZE", "224", "DATA.TRAIN_JITTER_SCALES", "[224, 225]",
-                             "DATA.TRAIN_JITTER_SCALES_RELATIVE", "[]"])  # fmt: skip
+    # short-side jitter whose low end is the crop: 98 -> 224 must not come out 223 (RandomCrop raised);
+    # 32 of 40 is configs/quickstart.yaml's
     clip = torch.zeros(2, 3, height, width, dtype=torch.uint8)
     torch.manual_seed(0)
-    for _ in range(4):
-        assert TrainTransform(cfg)(clip).shape == (3, 2, 224, 224)
+    for crop, scales in ((224, "[224, 225]"), (32, "[32, 40]")):
+        cfg = get_cfg(overrides=["DATA.TRAIN_CROP_SIZE", str(crop), "DATA.TRAIN_JITTER_SCALES", scales,
+                                 "DATA.TRAIN_JITTER_SCALES_RELATIVE", "[]"])  # fmt: skip
+        for _ in range(6):
+            assert TrainTransform(cfg)(clip).shape == (3, 2, crop, crop)
 
 
 def test_files_that_are_no_video_are_named_with_the_reason(tmp_path):
