@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from vidformer.data.decoders import DecodeError, open_video
 from vidformer.data.records import VideoRecord
 from vidformer.data.sampling import train_clip_indices, view_clip_indices
-from vidformer.data.transforms import TrainTransform, make_views
+from vidformer.data.transforms import TrainTransform, cut_views, resize_for_views
 from vidformer.errors import ConfigError, UsageError
 
 __all__ = ["ClipDataset", "ViewDataset", "FailureTracker", "TooManyFailedVideos", "decode_views", "check_view_config"]
@@ -50,13 +50,15 @@ def check_view_config(cfg: CfgNode, num_crops: int) -> None:
 
 def decode_views(path: str, cfg: CfgNode, num_clips: int, num_crops: int, backend: str) -> torch.Tensor:
     """All num_clips x num_crops views of one video from ONE decode: (V, C, T, S, S), view k = clip
-    k // num_crops, crop k % num_crops. Raises DecodeError."""
+    k // num_crops, crop k % num_crops. Each needed frame is resized as it is decoded, so memory
+    holds the resized frames and the views, never all frames at full resolution. Raises DecodeError."""
     with open_video(path, backend) as reader:
         clips = view_clip_indices(reader.num_frames, reader.fps, cfg.DATA, num_clips)
         needed = np.unique(np.concatenate(clips))
-        frames = _to_tchw(reader.get_frames(needed))  # (N, C, H, W), each needed frame once
+        frames = (torch.from_numpy(frame).permute(2, 0, 1) for _, frame in reader.iter_frames(needed))  # ascending = needed
+        resized = resize_for_views(frames, len(needed), cfg, num_crops)  # (N, C, h, w), each needed frame once
     rows = [torch.from_numpy(np.searchsorted(needed, clip)) for clip in clips]
-    return make_views(frames, rows, cfg, num_crops)
+    return cut_views(resized, rows, cfg, num_crops)
 
 
 class ClipDataset(Dataset):

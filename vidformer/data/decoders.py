@@ -1,14 +1,21 @@
 """Video decoders behind one interface: open a file, read its length and frame rate, fetch frames by index.
 
+Frame i of a video is the i-th frame a full sequential decode yields in presentation order, whatever
+the timestamps say: constant or variable frame rate, jittered or gapped timestamps, a stream that
+starts late, B-frames, long GOPs. `num_frames` is the number of frames such a decode yields. Frames
+come in the displayed orientation: a rotation in the file's display matrix (phone videos) is applied.
+
 Backends: "pyav" (default, always installed; decodes H.264/VP9/AV1), "decord" (random access via
-get_batch; its bundled FFmpeg 4.1 cannot open AV1) and "torchcodec" (when importable). Each reader
-uses one decode thread, because the DataLoader workers already provide the parallelism. Every
-failure to open or decode a file is a DecodeError naming the file.
+get_batch; its bundled FFmpeg 4.1 cannot open AV1) and "torchcodec" (when importable). PyAV indexes
+the file once at open (one demux pass, no decoding) by the packets' presentation timestamps, then
+seeks to the keyframe before a needed frame and matches decoded frames to indices by timestamp.
+Each reader uses one decode thread, because the DataLoader workers already provide the parallelism.
+Every failure to open or decode a file is a DecodeError naming the file.
 """
 
 import importlib.util
 import os
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -20,9 +27,9 @@ BACKENDS = ("pyav", "decord", "torchcodec")
 _MODULES = {"pyav": "av", "decord": "decord", "torchcodec": "torchcodec"}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
-# A container may announce a few more frames than it delivers (edit lists, a dropped last frame);
-# requests past the end are served by the last frame when at least this share was decodable.
-_MIN_DECODABLE_SHARE = 0.9
+# decord and torchcodec hand back frames in batches of this many, so a request for many frames never
+# holds them all at full resolution at once (callers consume frames one by one; see iter_frames).
+_BATCH = 8
 
 
 class DecodeError(RuntimeError):
@@ -35,15 +42,29 @@ class DecodeError(RuntimeError):
 
 
 class VideoReader:
-    """One opened file. `num_frames` and `fps` are known after opening; `get_frames` returns
-    uint8 RGB frames (N, H, W, 3) for the requested indices (any order, repeats allowed)."""
+    """One opened file. `num_frames` and `fps` (the container's average rate) are known after opening.
+    `iter_frames` yields uint8 RGB frames (H, W, 3) one by one in ascending index order; `get_frames`
+    returns them stacked (N, H, W, 3) for indices in any order, repeats allowed."""
 
     path: str
     num_frames: int
     fps: float
 
-    def get_frames(self, indices: Sequence[int]) -> np.ndarray:
+    def iter_frames(self, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
+        """(index, frame) for every distinct index in `indices`, ascending."""
         raise NotImplementedError
+
+    def get_frames(self, indices: Sequence[int]) -> np.ndarray:
+        frames = dict(self.iter_frames(indices))
+        return np.stack([frames[int(i)] for i in indices])
+
+    def _distinct(self, indices: Sequence[int]) -> list[int]:
+        wanted = sorted(set(int(i) for i in indices))
+        if not wanted:
+            raise ValueError("no frame indices requested")
+        if wanted[0] < 0 or wanted[-1] >= self.num_frames:
+            raise IndexError(f"frame indices {wanted[0]}..{wanted[-1]} are outside 0..{self.num_frames - 1} of '{self.path}'")
+        return wanted
 
     def close(self) -> None:
         pass
@@ -69,90 +90,171 @@ def open_video(path: str, backend: str = "pyav") -> VideoReader:
             f"DATA.DECODING_BACKEND '{backend}' needs the '{_MODULES[backend]}' package, which is not installed; "
             f"installed backends: {', '.join(available_backends())}"
         )
+    if os.path.isdir(path):
+        raise DecodeError(path, "is a directory, not a video file")
     if not os.path.isfile(path):
         raise DecodeError(path, "no such file")
     if os.path.getsize(path) == 0:
         raise DecodeError(path, "empty file")
     if path.lower().endswith(IMAGE_EXTENSIONS):
         return _ImageReader(path)
-    return {"pyav": _PyAVReader, "decord": _DecordReader, "torchcodec": _TorchCodecReader}[backend](path)
+    if backend == "pyav":
+        return _PyAVReader(path)
+    _check_has_video(path)  # decord opens a text file as ANSI art and says little about audio-only files
+    return {"decord": _DecordReader, "torchcodec": _TorchCodecReader}[backend](path)
 
 
-def _check_length(path: str, num_frames: int) -> int:
-    if num_frames <= 0:
-        raise DecodeError(path, "the video has no frames")
-    return num_frames
+def _open_container(path: str):
+    """A PyAV input container with a real video stream, or the DecodeError that says why not."""
+    import av
+
+    try:
+        container = av.open(path)
+    except av.error.InvalidDataError:
+        raise DecodeError(path, "not a media file (FFmpeg finds no audio or video in it), or a damaged one") from None
+    except (av.error.FFmpegError, UnicodeDecodeError) as e:
+        raise DecodeError(path, f"PyAV cannot open it ({e})") from None
+    if container.format.name == "tty":  # FFmpeg opens *.txt files as ANSI art
+        container.close()
+        raise DecodeError(path, "not a media file (it reads as text)")
+    if not container.streams.video:
+        kinds = sorted({stream.type for stream in container.streams})
+        container.close()
+        raise DecodeError(path, f"no video stream (the file has {', '.join(kinds) + ' only' if kinds else 'no streams'})")
+    return container
 
 
-def _gather(path: str, decoded: dict[int, np.ndarray], indices: Sequence[int], announced: int) -> np.ndarray:
-    """Frames for `indices` from the {index: frame} map, serving indices past the end by the last frame."""
-    if not decoded:
-        raise DecodeError(path, f"no frame could be decoded among the requested indices {min(indices)}..{max(indices)}")
-    last = max(decoded)
-    missing = [i for i in indices if i not in decoded]
-    if missing and (min(missing) <= last or last + 1 < _MIN_DECODABLE_SHARE * announced):
-        raise DecodeError(path, f"decoded frames stop at {last + 1} of {announced} announced (truncated or corrupt file)")
-    return np.stack([decoded.get(i, decoded[last]) for i in indices])
+def _check_has_video(path: str) -> None:
+    _open_container(path).close()
+
+
+def _rotate(array: np.ndarray, degrees: float) -> np.ndarray:
+    """Apply a display-matrix rotation (counter-clockwise degrees, FFmpeg's sign) to an (H, W, C) frame."""
+    quarter_turns = int(round(degrees / 90)) % 4
+    return np.ascontiguousarray(np.rot90(array, quarter_turns)) if quarter_turns else array
 
 
 class _PyAVReader(VideoReader):
-    """PyAV: seek to the keyframe before the first needed frame, decode forward to the last one,
-    convert to RGB only the frames that are needed."""
+    """PyAV with a presentation-timestamp index built by one demux pass at open (packets are read,
+    not decoded): frame i is the i-th smallest timestamp. A request seeks to the keyframe before each
+    run of needed frames, decodes forward, and converts to RGB only the frames that are needed.
+    A stream whose packets lack distinct timestamps (raw elementary streams) is read by counting
+    decoded frames from the start instead."""
 
     def __init__(self, path: str):
         import av
 
         self.path = path
-        try:
-            self._container = av.open(path)
-            self._stream = self._container.streams.video[0]
-        except (av.error.FFmpegError, IndexError, UnicodeDecodeError) as e:
-            raise DecodeError(path, f"PyAV cannot open it ({e})") from None
-        self._stream.thread_type = "NONE"
-        self._stream.codec_context.thread_count = 1
+        self._open()
         rate = self._stream.average_rate or self._stream.guessed_rate
         if not rate:
+            self._container.close()
             raise DecodeError(path, "the video stream has no frame rate")
         self.fps = float(rate)
-        self._time_base = float(self._stream.time_base)
-        self._start = self._stream.start_time or 0
-        self.num_frames = _check_length(path, self._stream.frames or self._count_packets())
+        try:
+            self._build_index()
+        except av.error.FFmpegError as e:
+            self._container.close()
+            raise DecodeError(path, f"PyAV cannot read its packets ({e})") from None
+        if self.num_frames <= 0:
+            self._container.close()
+            raise DecodeError(path, "the video has no frames")
 
-    def _count_packets(self) -> int:
-        # WebM and some MKV files carry no frame count; counting packets is a demux, not a decode.
+    def _build_index(self) -> None:
+        pts, keys, seek_ts, timestamped = [], [], [], True
+        for packet in self._container.demux(self._stream):
+            if packet.size == 0 or packet.is_discard:  # the demuxer's final flush packet; frames an edit list cuts
+                continue
+            if packet.pts is None:
+                timestamped = False
+                break
+            pts.append(packet.pts)
+            if packet.is_keyframe:
+                keys.append(packet.pts)
+                # mp4 indexes keyframes by decode time, mkv by presentation time: the smaller is safe for both
+                seek_ts.append(min(packet.pts, packet.dts if packet.dts is not None else packet.pts))
+        self._pts = np.sort(np.asarray(pts, dtype=np.int64))
+        if not timestamped or len(np.unique(self._pts)) != len(self._pts) or not keys:
+            self._pts = None  # no usable timestamps: a frame's index is its count from the start
+            self.num_frames = sum(1 for _ in self._decode_from_start())
+            return
+        self.num_frames = len(self._pts)
+        self._position = {int(p): i for i, p in enumerate(self._pts)}
+        # keyframes by presentation position; _key_before[i]: the last keyframe at or before frame i
+        order = np.argsort(keys)
+        key_positions = np.searchsorted(self._pts, np.asarray(keys)[order])
+        self._seek_ts = np.asarray(seek_ts)[order]
+        self._key_before = np.maximum(np.searchsorted(key_positions, np.arange(self.num_frames), side="right") - 1, 0)
+        self._key_positions = key_positions
+
+    def _open(self) -> None:
+        self._container = _open_container(self.path)
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_type = "NONE"
+        self._stream.codec_context.thread_count = 1
+
+    def _decode_from_start(self) -> Iterator:
+        """Every frame from the file's start: reopened rather than sought, which some files refuse."""
+        self._container.close()
+        self._open()
+        return self._container.decode(self._stream)
+
+    def _decode_from(self, key: int | None) -> Iterator[tuple[int, object]]:
+        """(index, av.VideoFrame) from keyframe number `key` on (None: from the start); frames whose
+        timestamp the index does not know are skipped."""
+        if key is None:
+            frames = self._decode_from_start()
+        else:
+            self._container.seek(int(self._seek_ts[key]), stream=self._stream, backward=True)
+            frames = self._container.decode(self._stream)
+        for frame in frames:
+            index = self._position.get(frame.pts)
+            if index is not None:
+                yield index, frame
+
+    def iter_frames(self, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
         import av
 
+        wanted = self._distinct(indices)
         try:
-            count = sum(1 for packet in self._container.demux(self._stream) if packet.pts is not None)
-            self._container.seek(0)
+            if self._pts is None:
+                yield from self._iter_counted(wanted)
+                return
+            k, key = 0, int(self._key_before[wanted[0]])
+            while True:
+                progressed = False
+                for index, frame in self._decode_from(key):
+                    if index < wanted[k]:
+                        continue  # decoded on the way, not converted
+                    if index > wanted[k]:
+                        break  # frame wanted[k] did not come
+                    yield index, _rotate(frame.to_ndarray(format="rgb24"), frame.rotation)
+                    k, progressed = k + 1, True
+                    if k == len(wanted):
+                        return
+                    if self._key_positions[self._key_before[wanted[k]]] > index:
+                        break  # a keyframe lies between here and the next needed frame: seek to it
+                else:
+                    if progressed or key is None:
+                        raise DecodeError(self.path, f"decoding ends before frame {wanted[k]} of {self.num_frames} (truncated or corrupt file)")
+                if progressed and (k == 0 or self._key_positions[self._key_before[wanted[k]]] > wanted[k - 1]):
+                    key = int(self._key_before[wanted[k]])
+                elif key is not None and not progressed:
+                    key = None  # the seek landed past frame wanted[k], or it did not decode from there
+                else:
+                    raise DecodeError(self.path, f"frame {wanted[k]} of {self.num_frames} cannot be decoded (corrupt file)")
         except av.error.FFmpegError as e:
-            raise DecodeError(self.path, f"PyAV cannot read its packets ({e})") from None
-        return count
+            raise DecodeError(self.path, f"PyAV failed while decoding ({e})") from None
 
-    def _index_of(self, pts: int) -> int:
-        return int(round((pts - self._start) * self._time_base * self.fps))
-
-    def get_frames(self, indices: Sequence[int]) -> np.ndarray:
-        import av
-
-        wanted = set(int(i) for i in indices)
-        first, last = min(wanted), max(wanted)
-        decoded: dict[int, np.ndarray] = {}
-        try:
-            # seek() lands on the keyframe at or before this timestamp
-            self._container.seek(int(first / self.fps / self._time_base) + self._start, stream=self._stream, backward=True)
-            for frame in self._container.decode(self._stream):
-                if frame.pts is None:
-                    continue
-                index = self._index_of(frame.pts)
-                if index in wanted:
-                    decoded[index] = frame.to_ndarray(format="rgb24")
-                if index >= last:
-                    break
-        except av.error.FFmpegError as e:
-            if not decoded:
-                raise DecodeError(self.path, f"PyAV failed while decoding ({e})") from None
-        return _gather(self.path, decoded, [int(i) for i in indices], self.num_frames)
+    def _iter_counted(self, wanted: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+        k = 0
+        for index, frame in enumerate(self._decode_from_start()):
+            if index == wanted[k]:
+                yield index, _rotate(frame.to_ndarray(format="rgb24"), frame.rotation)
+                k += 1
+                if k == len(wanted):
+                    return
+        raise DecodeError(self.path, f"decoding ends before frame {wanted[k]} of {self.num_frames} (truncated or corrupt file)")
 
     def close(self) -> None:
         self._container.close()
@@ -160,10 +262,16 @@ class _PyAVReader(VideoReader):
 
 def _decord_reason(error: Exception) -> str:
     # decord prefixes its messages with a source location and a failed check; keep the message
-    return str(error).splitlines()[0].split("ERROR")[-1].strip()
+    reason = str(error).splitlines()[0].split("ERROR")[-1].strip()
+    if "DECORDArrayCopyFromTo" in reason:
+        # decord 0.6 mis-sizes its output for some frame widths (16, 24, 48 pixels, after rotation too)
+        reason = "decord 0.6 cannot return frames of this width (a decord bug); use DATA.DECODING_BACKEND pyav"
+    return reason
 
 
 class _DecordReader(VideoReader):
+    """decord: its own index of the file (it applies the display rotation itself)."""
+
     def __init__(self, path: str):
         import decord
 
@@ -173,17 +281,21 @@ class _DecordReader(VideoReader):
         except (decord.DECORDError, RuntimeError) as e:
             raise DecodeError(path, f"decord cannot open it ({_decord_reason(e)})") from None
         self.fps = float(self._reader.get_avg_fps())
-        self.num_frames = _check_length(path, len(self._reader))
+        self.num_frames = len(self._reader)
+        if self.num_frames <= 0:
+            raise DecodeError(path, "the video has no frames")
 
-    def get_frames(self, indices: Sequence[int]) -> np.ndarray:
+    def iter_frames(self, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
         import decord
 
-        unique = sorted(set(int(i) for i in indices if i < self.num_frames))
-        try:
-            frames = self._reader.get_batch(unique).asnumpy() if unique else np.empty((0,))
-        except (decord.DECORDError, RuntimeError) as e:
-            raise DecodeError(self.path, f"decord failed while decoding ({_decord_reason(e)})") from None
-        return _gather(self.path, dict(zip(unique, frames)), [int(i) for i in indices], self.num_frames)
+        wanted = self._distinct(indices)
+        for start in range(0, len(wanted), _BATCH):
+            batch = wanted[start : start + _BATCH]
+            try:
+                frames = self._reader.get_batch(batch).asnumpy()
+            except (decord.DECORDError, RuntimeError) as e:
+                raise DecodeError(self.path, f"decord failed while decoding ({_decord_reason(e)})") from None
+            yield from zip(batch, frames)
 
     def close(self) -> None:
         # decord leaks memory when readers linger (decord #197/#208); drop it now
@@ -191,6 +303,9 @@ class _DecordReader(VideoReader):
 
 
 class _TorchCodecReader(VideoReader):
+    """torchcodec in exact seek mode (it scans the file's packets at open, as PyAV does here).
+    Untested here: torchcodec needs FFmpeg's shared libraries, which this machine lacks."""
+
     def __init__(self, path: str):
         from torchcodec.decoders import VideoDecoder
 
@@ -200,16 +315,21 @@ class _TorchCodecReader(VideoReader):
         except (RuntimeError, ValueError) as e:
             raise DecodeError(path, f"torchcodec cannot open it ({e})") from None
         metadata = self._decoder.metadata
-        self.fps = float(metadata.average_fps)
-        self.num_frames = _check_length(path, len(self._decoder))
+        # the header's average rate, as PyAV and decord report it (torchcodec's average_fps is from its scan)
+        self.fps = float(metadata.average_fps_from_header or metadata.average_fps)
+        self.num_frames = len(self._decoder)
+        if self.num_frames <= 0:
+            raise DecodeError(path, "the video has no frames")
 
-    def get_frames(self, indices: Sequence[int]) -> np.ndarray:
-        unique = sorted(set(int(i) for i in indices if i < self.num_frames))
-        try:
-            frames = self._decoder.get_frames_at(unique).data.numpy() if unique else np.empty((0,))
-        except (RuntimeError, ValueError) as e:
-            raise DecodeError(self.path, f"torchcodec failed while decoding ({e})") from None
-        return _gather(self.path, dict(zip(unique, frames)), [int(i) for i in indices], self.num_frames)
+    def iter_frames(self, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
+        wanted = self._distinct(indices)
+        for start in range(0, len(wanted), _BATCH):
+            batch = wanted[start : start + _BATCH]
+            try:
+                frames = self._decoder.get_frames_at(batch).data.numpy()
+            except (RuntimeError, ValueError) as e:
+                raise DecodeError(self.path, f"torchcodec failed while decoding ({e})") from None
+            yield from zip(batch, frames)
 
     def close(self) -> None:
         self._decoder = None
@@ -224,11 +344,11 @@ class _ImageReader(VideoReader):
         self.path = path
         try:
             with Image.open(path) as image:
-                self._frame = np.asarray(image.convert("RGB"))
+                self._frame = np.array(image.convert("RGB"))
         except (UnidentifiedImageError, OSError) as e:
             raise DecodeError(path, f"not a readable image ({e})") from None
         self.num_frames = 1
         self.fps = 30.0
 
-    def get_frames(self, indices: Sequence[int]) -> np.ndarray:
-        return np.stack([self._frame] * len(indices))
+    def iter_frames(self, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
+        return iter([(0, self._frame)] if self._distinct(indices) else [])

@@ -6,9 +6,12 @@ position, colours and textures are random per video, so no single frame tells th
 Also writes "frame-number" videos, whose colour encodes the frame index, for sampler tests.
 """
 
+import itertools
 import json
 import math
 import os
+from fractions import Fraction
+from typing import Iterable, Sequence
 
 import av
 import numpy as np
@@ -82,23 +85,66 @@ def make_synthetic_dataset(
     return root
 
 
-def write_video(path: str, frames: np.ndarray, *, fps: int = 30, codec: str = "libx264", gop: int = 8, crf: int = 18) -> None:
-    """Encode uint8 RGB frames (T, H, W, 3) to `path` with PyAV; keyframe every `gop` frames."""
+def write_video(
+    path: str,
+    frames: Iterable[np.ndarray],
+    *,
+    fps: int = 30,
+    codec: str = "libx264",
+    gop: int = 8,
+    crf: int = 18,
+    pts: Sequence[int] | None = None,
+    time_base: Fraction | None = None,
+    bframes: int | None = None,
+    rotation: int = 0,
+    audio: bool = False,
+) -> None:
+    """Encode uint8 RGB frames (T, H, W, 3), or any iterable of (H, W, 3) frames, to `path` with PyAV;
+    keyframe every `gop` frames.
+
+    The awkward files of the field, for tests: `pts` gives each frame's presentation timestamp in
+    `time_base` units (variable rate, jitter, gaps, a late start; default i / fps); `bframes` sets
+    libx264's B-frame count (crf 0 encodes none); `rotation` writes a display matrix (counter-clockwise
+    degrees, as phones do); `audio` adds a silent AAC track beside the video.
+    """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    frames = np.ascontiguousarray(frames, dtype=np.uint8)
+    frames = iter(frames)
+    first = next(frames)
+    height, width = first.shape[:2]
+    time_base = time_base or Fraction(1, 90000)
     with av.open(path, "w") as container:
         options = {"crf": str(crf)} if codec == "libx264" else {"crf": str(crf), "b": "0", "deadline": "realtime"}
         if codec == "libx264":
             options["preset"] = "veryfast"
+            if bframes is not None:
+                options["x264-params"] = f"bframes={bframes}:b-adapt=0"
         stream = container.add_stream(codec, rate=fps, options=options)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
+        stream.width, stream.height = width, height
+        # 4:2:0 chroma needs even sides; an odd-sized test video is written 4:4:4
+        stream.pix_fmt = "yuv420p" if height % 2 == width % 2 == 0 else "yuv444p"
         stream.codec_context.gop_size = gop
         # one encoder thread: the file bytes then depend on the frames only
         stream.codec_context.thread_count = 1
-        for array in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
+        if pts is not None:
+            stream.time_base = stream.codec_context.time_base = time_base
+        if rotation:
+            stream.set_display_rotation(rotation)
+        sound = container.add_stream("aac", rate=16000, layout="mono") if audio else None
+        count = 0
+        for i, array in enumerate(itertools.chain([first], frames)):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array, dtype=np.uint8), format="rgb24")
+            if pts is not None:
+                frame.pts, frame.time_base = int(pts[i]), time_base
+            container.mux(stream.encode(frame))
+            count += 1
         container.mux(stream.encode())
+        if sound is not None:
+            samples = int(16000 * count / fps)
+            for start in range(0, samples, 1024):
+                chunk = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+                chunk.sample_rate, chunk.pts = 16000, start
+                container.mux(sound.encode(chunk))
+            container.mux(sound.encode())
 
 
 def frame_number_color(index: int) -> tuple[int, int, int]:
@@ -109,12 +155,15 @@ def frame_number_color(index: int) -> tuple[int, int, int]:
     return (8 + _NUMBER_STEP * low, 8 + _NUMBER_STEP * high, 128)
 
 
-def write_frame_number_video(path: str, num_frames: int, *, height: int = 48, width: int = 64, fps: int = 30, gop: int = 8) -> str:
-    """Write a video whose frame i is filled with frame_number_color(i); returns `path`."""
+def write_frame_number_video(
+    path: str, num_frames: int, *, height: int = 48, width: int = 64, fps: int = 30, gop: int = 8, crf: int = 0, **options
+) -> str:
+    """Write a video whose frame i is filled with frame_number_color(i); returns `path`. `options`
+    go to write_video (pts, time_base, bframes, rotation, audio, codec)."""
     frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
     for i in range(num_frames):
         frames[i] = frame_number_color(i)
-    write_video(path, frames, fps=fps, gop=gop, crf=0)
+    write_video(path, frames, fps=fps, gop=gop, crf=crf, **options)
     return path
 
 

@@ -9,6 +9,7 @@ for portrait video). Resizing is bilinear without antialiasing, as in PySlowFast
 
 import math
 import re
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,10 @@ from torchvision.transforms import v2
 
 from vidformer.errors import ConfigError
 
-__all__ = ["TrainTransform", "parse_randaugment", "short_side_resize", "uniform_crop", "make_views", "normalize"]
+__all__ = [
+    "TrainTransform", "parse_randaugment", "short_side_resize", "uniform_crop", "make_views", "normalize",
+    "resize_for_views", "cut_views", "view_short_side", "RandomShortSideScale",
+]  # fmt: skip
 
 
 def parse_randaugment(policy: str) -> dict:
@@ -53,6 +57,26 @@ def normalize(clip: torch.Tensor, mean, std) -> torch.Tensor:
     return (clip - mean) / std
 
 
+# frames per pass of the training transform (see TrainTransform.__call__)
+_TRAIN_CHUNK = 4
+
+
+class RandomShortSideScale(v2.Transform):
+    """Short side to a size drawn uniformly from [low, high], long side floor(long / short * size), as
+    PySlowFast's short-side jitter. (v2.RandomShortestSize scales both sides by a float ratio and can
+    land one pixel short, 223 for 224 on a 98-pixel side, so a crop of `low` no longer fits.)"""
+
+    def __init__(self, low: int, high: int):
+        super().__init__()
+        self.low, self.high = low, high
+
+    def make_params(self, flat_inputs: list) -> dict:
+        return {"size": int(torch.randint(self.low, self.high + 1, ()))}
+
+    def transform(self, inpt, params: dict):
+        return self._call_kernel(v2.functional.resize, inpt, params["size"], antialias=False)
+
+
 class TrainTransform:
     """RandAugment or colour jitter, scale augmentation (RandomResizedCrop, or short-side jitter and a
     random crop when DATA.TRAIN_JITTER_SCALES_RELATIVE is empty), flip, normalise, random erasing."""
@@ -78,7 +102,7 @@ class TrainTransform:
             low, high = data.TRAIN_JITTER_SCALES
             if low < crop:
                 raise ConfigError(f"DATA.TRAIN_JITTER_SCALES {list(data.TRAIN_JITTER_SCALES)} must not be below DATA.TRAIN_CROP_SIZE {crop}")
-            steps += [v2.RandomShortestSize(list(range(low, high + 1)), antialias=False), v2.RandomCrop(crop)]
+            steps += [RandomShortSideScale(low, high), v2.RandomCrop(crop)]
         if data.RANDOM_FLIP:
             steps.append(v2.RandomHorizontalFlip())
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(data.MEAN), list(data.STD))]
@@ -88,8 +112,18 @@ class TrainTransform:
         self.transform = v2.Compose(steps)
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 (T, C, H, W) -> float (C, T, crop, crop)."""
-        return self.transform(tv_tensors.Video(frames)).as_subclass(torch.Tensor).permute(1, 0, 2, 3).contiguous()
+        """uint8 (T, C, H, W) -> float (C, T, crop, crop).
+
+        The clip goes through in chunks of _TRAIN_CHUNK frames, each from the same state of torch's
+        generator, so every chunk draws the same parameters as the whole clip would (every op here
+        works frame by frame, and no draw depends on T): the result is the whole clip's, while the
+        full-resolution intermediates of RandAugment exist for a few frames at a time."""
+        state = torch.get_rng_state()
+        chunks = []
+        for start in range(0, len(frames), _TRAIN_CHUNK):
+            torch.set_rng_state(state)
+            chunks.append(self.transform(tv_tensors.Video(frames[start : start + _TRAIN_CHUNK])).as_subclass(torch.Tensor))
+        return torch.cat(chunks).permute(1, 0, 2, 3).contiguous()
 
 
 def short_side_resize(frames: torch.Tensor, size: int) -> torch.Tensor:
@@ -118,19 +152,42 @@ def uniform_crop(frames: torch.Tensor, size: int, spatial_idx: int) -> torch.Ten
     return frames[..., y : y + size, x : x + size]
 
 
-def make_views(frames: torch.Tensor, clip_rows: list[torch.Tensor], cfg: CfgNode, num_crops: int) -> torch.Tensor:
-    """All views of one video from its frames decoded once.
+def view_short_side(cfg: CfgNode, num_crops: int) -> int:
+    """The short side test frames are resized to: TEST_CROP_SIZE for 3 crops, TRAIN_JITTER_SCALES[0] for 1."""
+    return cfg.DATA.TEST_CROP_SIZE if num_crops > 1 else cfg.DATA.TRAIN_JITTER_SCALES[0]
 
-    frames: uint8 (N, C, H, W), every frame any clip needs; clip_rows[t]: rows of `frames` forming
-    temporal clip t. Returns (len(clip_rows) * num_crops, C, T, S, S); view k is clip k // num_crops,
-    crop k % num_crops (the centre crop when num_crops == 1).
-    """
-    scale = cfg.DATA.TEST_CROP_SIZE if num_crops > 1 else cfg.DATA.TRAIN_JITTER_SCALES[0]
-    resized = short_side_resize(frames.float() / 255.0, scale)  # (N, C, h, w), each frame resized once
-    views = []
-    for rows in clip_rows:
-        clip = normalize(resized[rows], cfg.DATA.MEAN, cfg.DATA.STD)  # (T, C, h, w)
+
+def resize_for_views(frames: Iterable[torch.Tensor], count: int, cfg: CfgNode, num_crops: int) -> torch.Tensor:
+    """`count` uint8 frames (C, H, W), one at a time, -> float (count, C, h, w): [0, 1], short side
+    resized for the views, normalised. Only one frame is ever float at full resolution, so the
+    memory is that of the resized frames; the arithmetic per frame is the batched one's."""
+    scale = view_short_side(cfg, num_crops)
+    resized = None
+    for row, frame in enumerate(frames):
+        small = normalize(short_side_resize(frame.unsqueeze(0).float() / 255.0, scale), cfg.DATA.MEAN, cfg.DATA.STD)
+        if resized is None:
+            resized = torch.empty((count, *small.shape[1:]))
+        elif small.shape[1:] != resized.shape[1:]:
+            raise ValueError(f"frame {row} is {tuple(frame.shape[1:])} after frames of another size; a video changing size mid-stream")
+        resized[row] = small[0]
+    if resized is None or row + 1 != count:
+        raise ValueError(f"expected {count} frames, got {0 if resized is None else row + 1}")
+    return resized
+
+
+def cut_views(resized: torch.Tensor, clip_rows: list[torch.Tensor], cfg: CfgNode, num_crops: int) -> torch.Tensor:
+    """Views from resize_for_views' frames: clip_rows[t] are the rows forming temporal clip t.
+    Returns (len(clip_rows) * num_crops, C, T, S, S); view k is clip k // num_crops, crop
+    k % num_crops (the centre crop when num_crops == 1)."""
+    size = cfg.DATA.TEST_CROP_SIZE
+    views = torch.empty((len(clip_rows) * num_crops, resized.shape[1], len(clip_rows[0]), size, size))
+    for t, rows in enumerate(clip_rows):
         for crop_idx in range(num_crops):
-            spatial_idx = crop_idx if num_crops > 1 else 1
-            views.append(uniform_crop(clip, cfg.DATA.TEST_CROP_SIZE, spatial_idx).permute(1, 0, 2, 3))
-    return torch.stack(views)
+            crop = uniform_crop(resized, size, crop_idx if num_crops > 1 else 1)  # a view of all frames
+            views[t * num_crops + crop_idx] = crop[rows].permute(1, 0, 2, 3)  # copies only this clip's crop
+    return views
+
+
+def make_views(frames: torch.Tensor, clip_rows: list[torch.Tensor], cfg: CfgNode, num_crops: int) -> torch.Tensor:
+    """All views of one video from uint8 frames (N, C, H, W), every frame any clip needs (see cut_views)."""
+    return cut_views(resize_for_views(frames, len(frames), cfg, num_crops), clip_rows, cfg, num_crops)
