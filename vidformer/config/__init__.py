@@ -118,5 +118,5 @@ def _validate(cfg: CfgNode) -> None:
         for part in key.split("."):
             node = node[part]
         if node not in choices:
-            raise ConfigError(f"{key} is {node!r}; expected one of {', '.join(choices)}")
+            raise ConfigError(f"{key} is {node!r}; expected one of {', '.join(map(str, choices))}")
     model_overrides(cfg)

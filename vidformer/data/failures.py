@@ -94,11 +94,13 @@ class FailureTracker:
                 f"{MAX_REPLACEMENTS} videos in a row failed to decode in the {self.split} split (last: {self.gave_up}); "
                 "check DATA.PATH_TO_DATA_DIR / DATA.PATH_PREFIX and run tools/check_videos.py")
         failed, read = len(self.failed), self.read
-        if final and failed and not self.decoded:
-            raise TooManyFailedVideos(f"none of the {read} videos of the {self.split} split decoded; first "
-                                      f"{self._first_failures()}. Check DATA.PATH_TO_DATA_DIR / DATA.PATH_PREFIX")
-        share = failed / max(read, 1)
-        if failed and (final or read >= self.min_read) and share > self.max_fraction:
+        if not failed or not (final or read >= self.min_read):
+            return
+        if not self.decoded:
+            raise TooManyFailedVideos(f"none of the {read} videos read from the {self.split} split decoded; first "
+                                      f"failures: {self._first_failures()}. Check DATA.PATH_TO_DATA_DIR / DATA.PATH_PREFIX")
+        share = failed / read
+        if share > self.max_fraction:
             raise TooManyFailedVideos(
                 f"{failed} of {read} videos failed to decode ({share:.1%} > DATA.MAX_FAILED_FRACTION "
                 f"{self.max_fraction:.1%}) in the {self.split} split, each video counted once; first failures: "

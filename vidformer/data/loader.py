@@ -135,7 +135,11 @@ def iter_test_videos(cfg: CfgNode, split: str = "val", rank: int = 0, world_size
     failed share of distinct videos exceeds DATA.MAX_FAILED_FRACTION, judged exactly at the end (also
     when no video decoded at all). Consume it to the end on every rank: the ranks sync once per video
     of the longest share, so a rank with one video less syncs once more after its last."""
-    dataset = build_test_dataset(cfg, split)
+    dataset = build_test_dataset(cfg, split)  # here, so a bad list or backend is reported before any decoding
+    return _test_items(dataset, cfg, split, rank, world_size)
+
+
+def _test_items(dataset: ViewDataset, cfg: CfgNode, split: str, rank: int, world_size: int):
     mine = Subset(dataset, range(rank, len(dataset), world_size))
     loader = DataLoader(mine, batch_size=None, shuffle=False, num_workers=cfg.DATA_LOADER.NUM_WORKERS, collate_fn=_single)
     failures = FailureTracker(cfg.DATA.MAX_FAILED_FRACTION, split, len({record.path for record in dataset.records}))
