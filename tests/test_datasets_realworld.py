@@ -1,8 +1,10 @@
 """Data as users have it: broken videos counted once per run, clean stops, frame-folder datasets that give the
 same frames as the video, and UCF101 / HMDB51 from their official split files."""
 
+import json
 import logging
 import os
+import socket
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from vidformer import cli
 from vidformer.checkpoint import save_checkpoint
 from vidformer.config import get_cfg
 from vidformer.data import FailureTracker, TooManyFailedVideos, build_loader, iter_test_videos, load_label_names, read_records
+from vidformer.data import frames
 from vidformer.data import loader as loader_module
 from vidformer.data.datasets import ClipDataset
 from vidformer.data.synthetic import frame_number_color, read_frame_numbers, write_frame_number_video
@@ -197,8 +200,6 @@ def test_frame_list_reads_only_the_frames_it_needs(numbered, tmp_path, monkeypat
     root, _ = numbered
     _with_lists(tmp_path, {"val.csv": _frame_list(root / "png", "v1", "0")})
     opened = []
-    from vidformer.data import frames
-
     real = frames.decode_image
     monkeypatch.setattr(frames, "decode_image", lambda path, **kw: opened.append(path) or real(path, **kw))
     _test_views(tiny_cfg(tmp_path, "DATA.DATASET", "framelist"))
@@ -207,8 +208,6 @@ def test_frame_list_reads_only_the_frames_it_needs(numbered, tmp_path, monkeypat
 
 def test_ssv2_frame_lists_take_their_labels_from_the_json(numbered, tmp_path):
     root, _ = numbered
-    import json
-
     (tmp_path / "something-something-v2-labels.json").write_text(json.dumps({"Pushing something": "0", "Pulling something": "3"}))
     (tmp_path / "something-something-v2-validation.json").write_text(json.dumps([{"id": "77", "template": "Pulling [something]"}]))
     _with_lists(tmp_path, {"val.csv": _frame_list(root / "png", "77", '""')})
@@ -312,8 +311,6 @@ def _tracker_worker(rank, port, out_dir):
 
 
 def test_under_several_processes_the_share_is_global_and_every_rank_stops_at_the_same_step(tmp_path):
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

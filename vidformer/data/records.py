@@ -19,6 +19,11 @@
 - "hmdb51": the official split files (testTrainMulti_7030_splits/<class>_test_splitN.txt, `<name>.avi 0|1|2`,
   1 = train, 2 = test) for videos <class>/<name>.avi; classes indexed in sorted order; val and test read 2.
 A relative path is joined to DATA.PATH_PREFIX, or to PATH_TO_DATA_DIR when PATH_PREFIX is empty.
+
+The UCF101 / HMDB51 split files are read here rather than by pytorchvideo.data (which imports on
+current torchvision): its Ucf101 reads only `<path> <int label>` lists, so trainlist's 1-based labels
+would be off by one and testlist's missing ones -1, and Hmdb51LabeledVideoPaths gives class names, not
+indices, and returns (instead of raising) its errors.
 """
 
 import json
