@@ -50,13 +50,14 @@ class FailureTracker:
         self.decoded: set[str] = set()
         self.failed: dict[str, str] = {}  # path -> the first error message it gave (DecodeError names the path)
         self.gave_up = ""  # set when a sample met MAX_REPLACEMENTS broken videos in a row
+        self._read: set[str] = set()  # decoded | failed, kept so that counting is not O(split) per batch
         self._new_decoded: list[str] = []
         self._new_failed: dict[str, str] = {}
 
     @property
     def read(self) -> int:
         """Distinct videos tried (a flaky file that both decoded and failed counts once)."""
-        return len(self.decoded | self.failed.keys())
+        return len(self._read)
 
     def add(self, decoded: Iterable[str] = (), failed: Mapping[str, str] | None = None, gave_up: str = "") -> None:
         """Record one batch's (or test video's) outcome: paths that decoded, {path: error message} that failed."""
@@ -76,6 +77,8 @@ class FailureTracker:
     def _merge(self, parts) -> None:
         for decoded, failed, gave_up in parts:
             self.decoded.update(decoded)
+            self._read.update(decoded)
+            self._read.update(failed)
             for path, reason in failed.items():
                 if path not in self.failed:
                     self.failed[path] = reason
