@@ -1,6 +1,7 @@
 """Data as users have it: broken videos counted once per run, clean stops, frame-folder datasets that give the
 same frames as the video, and UCF101 / HMDB51 from their official split files."""
 
+import importlib.util
 import json
 import logging
 import os
@@ -29,6 +30,14 @@ TINY = [
     "DATA.MEAN", "[0.0, 0.0, 0.0]", "DATA.STD", "[1.0, 1.0, 1.0]", "DATA_LOADER.NUM_WORKERS", "0",
     "TEST.NUM_ENSEMBLE_VIEWS", "3", "TEST.NUM_SPATIAL_CROPS", "3",
 ]  # fmt: skip
+
+
+def _check_videos():
+    path = os.path.join(os.path.dirname(__file__), "..", "tools", "check_videos.py")
+    spec = importlib.util.spec_from_file_location("check_videos", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
 
 
 def tiny_cfg(root, *overrides):
@@ -241,6 +250,19 @@ def test_rawframes_with_the_wrong_start_index_names_the_missing_frame(numbered, 
     _with_lists(tmp_path, {"val.csv": f"{root / 'jpg'} 0 40 1\n"})
     with pytest.raises(UsageError, match=r"val.csv:1: cannot read .*'<frame folder> <num_frames> <label>'"):
         read_records(tiny_cfg(tmp_path, "DATA.DATASET", "rawframes"), "val")
+
+
+def test_check_videos_checks_any_layout_from_its_config(numbered, tmp_path, capsys):
+    root, _ = numbered
+    _with_lists(tmp_path, {"train.csv": f"{root / 'jpg'} 40 1\n{root / 'gone'} 40 2\n{root / 'jpg'} 41 3\n"})
+    config = tmp_path / "cfg.yaml"
+    config.write_text(tiny_cfg(tmp_path, "DATA.DATASET", "rawframes").dump())
+    report = tmp_path / "failed.txt"
+    assert _check_videos()(["--config", str(config), "--failed", str(report), "--workers", "1"]) == 1
+    failed = [line.split("\t") for line in report.read_text().splitlines()]
+    assert [name for name, _ in failed] == [str(root / "gone"), str(root / "jpg")]
+    assert "frame 0" in failed[0][1] and "img_00041.jpg' does not exist" in failed[1][1]  # the folder has 40, not 41
+    assert "1 of 3 videos of the train split decode" in capsys.readouterr().out
 
 
 # --- UCF101 and HMDB51 from their official split files ------------------------------------------
