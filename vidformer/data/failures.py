@@ -16,6 +16,7 @@ import logging
 import math
 from typing import Iterable, Mapping
 
+import torch
 import torch.distributed as dist
 
 from vidformer.errors import UsageError
@@ -69,7 +70,13 @@ class FailureTracker:
 
     def sync(self) -> None:
         """Exchange the new paths with the other ranks (a collective: every rank calls it at the same step)."""
-        if _distributed():
+        if not _distributed():
+            return
+        # one small all_reduce says whether any rank has news; after the first epoch there rarely is any
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        news = torch.tensor([len(self._new_decoded) + len(self._new_failed) + bool(self.gave_up)], device=device)
+        dist.all_reduce(news)
+        if news.item():
             parts = [None] * dist.get_world_size()
             dist.all_gather_object(parts, (self._new_decoded, self._new_failed, self.gave_up))
             self._merge(parts)
