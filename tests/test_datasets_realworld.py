@@ -222,6 +222,8 @@ def test_ssv2_frame_lists_take_their_labels_from_the_json(numbered, tmp_path):
     _with_lists(tmp_path, {"val.csv": _frame_list(root / "png", "77", '""')})
     (record,) = read_records(tiny_cfg(tmp_path, "DATA.DATASET", "framelist"), "test")  # no test.csv: val.csv
     assert record.label == 3 and record.frames.count == 40
+    names = load_label_names(tiny_cfg(tmp_path, "DATA.DATASET", "framelist", "MODEL.NUM_CLASSES", "2"))
+    assert names == ["Pushing something", "Pulling something"]
 
 
 def test_frame_list_mistakes_are_named(numbered, tmp_path):

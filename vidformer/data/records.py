@@ -377,7 +377,7 @@ def _found_names(cfg: CfgNode):
     root, dataset = cfg.DATA.PATH_TO_DATA_DIR, cfg.DATA.DATASET
     if root and os.path.isfile(os.path.join(root, "classes.txt")):
         yield _read_names(os.path.join(root, "classes.txt"))
-    if root and dataset == "ssv2" and os.path.isfile(os.path.join(root, SSV2_LABELS)):
+    if root and dataset in ("ssv2", "framelist") and os.path.isfile(os.path.join(root, SSV2_LABELS)):
         labels = _load_json(os.path.join(root, SSV2_LABELS))
         yield [name for name, _ in sorted(labels.items(), key=lambda item: int(item[1]))]
     if root and dataset == "ucf101" and os.path.isfile(os.path.join(_split_folder(root, UCF101_SPLITS), "classInd.txt")):
