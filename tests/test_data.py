@@ -108,9 +108,9 @@ def test_kinetics_train_and_val_batches(kinetics):
         assert batch["label"].tolist() == [labels[i] for i in batch["index"].tolist()]
         assert torch.equal(batch["index"][0::2], batch["index"][1::2])  # 2 clips per video, side by side
         assert not torch.equal(batch["video"][0], batch["video"][1])  # ... differently augmented
-        assert batch["skipped"] == []
+        assert batch["failed"] == {}
     assert sorted(i for b in batches for i in b["index"][0::2].tolist()) == list(range(8))
-    assert loader.failures.decoded == 8
+    assert len(loader.failures.decoded) == 8
     val = next(iter(build_loader(cfg, "val")))
     assert val["video"].shape == (4, 3, 4, 32, 32) and val["index"].tolist() == [0, 1, 2, 3]
     assert val["label"].tolist() == [label for _, label in _csv(kinetics, "val")]
@@ -269,9 +269,9 @@ def test_bad_files_are_replaced_in_training_and_counted(broken):
     root, bad = broken
     loader = build_loader(tiny_cfg(root, "TRAIN.BATCH_SIZE", "8", "DATA.MAX_FAILED_FRACTION", "0.9"), "train")
     batch = next(iter(loader))
-    assert batch["video"].shape[0] == 8 and set(bad) <= set(batch["skipped"])
+    assert batch["video"].shape[0] == 8 and set(bad) <= set(batch["failed"])
     assert not set(batch["index"].tolist()) & {4, 5, 6, 7}
-    assert loader.failures.decoded == 8 and len(loader.failures.failed) == len(batch["skipped"])
+    assert len(loader.failures.decoded) == 4 and loader.failures.failed.keys() == batch["failed"].keys() == set(bad)
 
 
 def test_bad_files_are_reported_failed_in_test(broken):

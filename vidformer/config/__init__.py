@@ -105,7 +105,8 @@ _CHOICES = {
     "TRAIN.CHECKPOINT_INFLATE": ("center", "average"),
     "TEST.ENSEMBLE_METHOD": ("sum", "logits", "max"),
     "DATA.DECODING_BACKEND": ("pyav", "decord", "torchcodec"),
-    "DATA.DATASET": ("kinetics", "ssv2", "folder", "imagefolder", "synthetic"),
+    "DATA.DATASET": ("kinetics", "ssv2", "folder", "imagefolder", "synthetic", "framelist", "rawframes", "ucf101", "hmdb51"),
+    "DATA.SPLIT_ID": (1, 2, 3),
     "SOLVER.OPTIMIZING_METHOD": ("adamw", "sgd"),
     "AUG.RE_MODE": ("pixel", "const"),
 }
@@ -117,5 +118,5 @@ def _validate(cfg: CfgNode) -> None:
         for part in key.split("."):
             node = node[part]
         if node not in choices:
-            raise ConfigError(f"{key} is {node!r}; expected one of {', '.join(choices)}")
+            raise ConfigError(f"{key} is {node!r}; expected one of {', '.join(map(str, choices))}")
     model_overrides(cfg)

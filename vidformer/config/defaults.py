@@ -86,7 +86,8 @@ _C.TEST.SPLIT = "val"
 
 # ---------------------------------------------------------------------------------------------
 _C.DATA = CfgNode()
-# Dataset layout: "kinetics" (CSV), "ssv2" (JSON), "folder" (folder per class), "imagefolder" (images).
+# Dataset layout: "kinetics" (CSV), "ssv2" (JSON), "folder" (folder per class), "imagefolder" (images),
+# "framelist" (PySlowFast frame lists), "rawframes" (mmaction2 frame folders), "ucf101", "hmdb51" (official splits).
 _C.DATA.DATASET = "kinetics"
 # Folder holding train.csv / val.csv / test.csv (or the SSv2 JSON files, or class folders).
 _C.DATA.PATH_TO_DATA_DIR = ""
@@ -121,8 +122,18 @@ _C.DATA.RANDOM_FLIP = True
 _C.DATA.DECODING_BACKEND = "pyav"
 # Sample frames TSN-style, one per equal segment (SSv2) instead of a dense clip.
 _C.DATA.SEGMENT_SAMPLING = False
-# Stop with an error when more than this fraction of the videos read so far failed to decode.
+# Stop with an error when more than this fraction of the distinct videos read so far failed to decode
+# (each broken file counted once per run however often it is drawn; over all processes).
 _C.DATA.MAX_FAILED_FRACTION = 0.05
+# Official split of UCF101 / HMDB51 (DATA.DATASET ucf101 or hmdb51): 1, 2 or 3.
+_C.DATA.SPLIT_ID = 1
+# File name of frame N in a "rawframes" folder, a Python format string (mmaction2's filename_tmpl).
+_C.DATA.FRAME_TEMPLATE = "img_{:05d}.jpg"
+# Number of the first frame in a "rawframes" folder (mmaction2 starts at 1).
+_C.DATA.FRAME_START_INDEX = 1
+# Rate the frames of "framelist" / "rawframes" videos were stored at; 0 means DATA.TARGET_FPS, so
+# DATA.SAMPLING_RATE counts stored frames (mmaction2's frame_interval).
+_C.DATA.FRAMES_FPS = 0.0
 
 # ---------------------------------------------------------------------------------------------
 _C.AUG = CfgNode()

@@ -2,35 +2,26 @@
 
 Every random choice of a training sample (clip position, augmentation, replacement of a broken
 video) is drawn from a seed made of (seed, epoch, index), so an epoch is reproducible whatever the
-number of workers. A video that fails to decode is logged with its path; a clip dataset replaces
-it by a random other video and reports the path in the sample's "skipped" list, the test dataset
-returns it with failed=True. FailureTracker turns those reports into a clear stop when too many fail.
+number of workers. A clip dataset replaces a video that fails to decode by a random other video and
+reports {path: error} in the sample's "failed"; the test dataset returns it with failed=True. The
+counting, logging and stopping is vidformer.data.failures' alone (in the main process).
+A record's source is a video file or, for frame-folder datasets, its FrameFiles (vidformer.data.frames).
 """
-
-import logging
-import math
 
 import numpy as np
 import torch
 from fvcore.common.config import CfgNode
 from torch.utils.data import Dataset
 
-from vidformer.data.decoders import DecodeError, open_video
+from vidformer.data.decoders import DecodeError
+from vidformer.data.failures import MAX_REPLACEMENTS
+from vidformer.data.frames import FrameFiles, open_source
 from vidformer.data.records import VideoRecord
 from vidformer.data.sampling import train_clip_indices, view_clip_indices
 from vidformer.data.transforms import TrainTransform, cut_views, resize_for_views
-from vidformer.errors import ConfigError, UsageError
+from vidformer.errors import ConfigError
 
-__all__ = ["ClipDataset", "ViewDataset", "FailureTracker", "TooManyFailedVideos", "decode_views", "check_view_config"]
-
-logger = logging.getLogger(__name__)
-
-# A worker gives up after this many broken videos in a row (the data folder is probably wrong).
-_MAX_CONSECUTIVE_FAILURES = 10
-
-
-class TooManyFailedVideos(UsageError):
-    """More videos failed to decode than DATA.MAX_FAILED_FRACTION allows."""
+__all__ = ["ClipDataset", "ViewDataset", "decode_views", "check_view_config"]
 
 
 def _to_tchw(frames: np.ndarray) -> torch.Tensor:
@@ -48,11 +39,12 @@ def check_view_config(cfg: CfgNode, num_crops: int) -> None:
         )
 
 
-def decode_views(path: str, cfg: CfgNode, num_clips: int, num_crops: int, backend: str) -> torch.Tensor:
-    """All num_clips x num_crops views of one video from ONE decode: (V, C, T, S, S), view k = clip
-    k // num_crops, crop k % num_crops. Each needed frame is resized as it is decoded, so memory
-    holds the resized frames and the views, never all frames at full resolution. Raises DecodeError."""
-    with open_video(path, backend) as reader:
+def decode_views(path: "str | FrameFiles", cfg: CfgNode, num_clips: int, num_crops: int, backend: str) -> torch.Tensor:
+    """All num_clips x num_crops views of one video (a file or its FrameFiles) from ONE decode:
+    (V, C, T, S, S), view k = clip k // num_crops, crop k % num_crops. Each needed frame is resized as
+    it is decoded, so memory holds the resized frames and the views, never all frames at full
+    resolution. Raises DecodeError."""
+    with open_source(path, backend) as reader:
         clips = view_clip_indices(reader.num_frames, reader.fps, cfg.DATA, num_clips)
         needed = np.unique(np.concatenate(clips))
         frames = (torch.from_numpy(frame).permute(2, 0, 1) for _, frame in reader.iter_frames(needed))  # ascending = needed
@@ -63,7 +55,9 @@ def decode_views(path: str, cfg: CfgNode, num_clips: int, num_crops: int, backen
 
 class ClipDataset(Dataset):
     """One sample per video: "video" (n, C, T, S, S) with n = AUG.NUM_SAMPLE augmented clips of one
-    decoded clip (train) or the single centre view (val), "label", "index", "skipped"."""
+    decoded clip (train) or the single centre view (val), "label", "index" (of the record that
+    decoded), "failed" ({path: error message} of the videos it replaced). After MAX_REPLACEMENTS broken
+    videos in a row the sample gives up: "video" is None and the loader stops the run."""
 
     def __init__(self, cfg: CfgNode, records: list[VideoRecord], train: bool, seed: int = 0):
         self.cfg = cfg
@@ -84,25 +78,20 @@ class ClipDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         seed = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0])
         rng = np.random.default_rng(seed)
-        skipped = []
+        failed = {}
         current = index
-        while True:
+        for _ in range(MAX_REPLACEMENTS):
             record = self.records[current]
             try:
-                video = self._load(record.path, rng, seed) if self.train else decode_views(record.path, self.cfg, 1, 1, self.backend)
-                return {"video": video, "label": record.label, "index": current, "skipped": skipped}
+                video = self._load(record.source, rng, seed) if self.train else decode_views(record.source, self.cfg, 1, 1, self.backend)
+                return {"video": video, "label": record.label, "index": current, "failed": failed}
             except DecodeError as e:
-                logger.warning("skipping a video: %s", e)
-                skipped.append(record.path)
-                if len(skipped) >= _MAX_CONSECUTIVE_FAILURES:
-                    raise TooManyFailedVideos(
-                        f"{len(skipped)} videos in a row failed to decode (last: {e}); check DATA.PATH_TO_DATA_DIR / "
-                        "DATA.PATH_PREFIX and run tools/check_videos.py"
-                    ) from None
+                failed[record.path] = str(e)
                 current = int(rng.integers(len(self.records)))
+        return {"video": None, "label": -1, "index": -1, "failed": failed}
 
-    def _load(self, path: str, rng: np.random.Generator, seed: int) -> torch.Tensor:
-        with open_video(path, self.backend) as reader:
+    def _load(self, path: "str | FrameFiles", rng: np.random.Generator, seed: int) -> torch.Tensor:
+        with open_source(path, self.backend) as reader:
             indices = train_clip_indices(reader.num_frames, reader.fps, self.cfg.DATA, rng)
             frames = _to_tchw(reader.get_frames(indices))  # (T, C, H, W) uint8
         # torchvision's random transforms draw from torch's global generator: seed it per sample
@@ -129,34 +118,7 @@ class ViewDataset(Dataset):
         record = self.records[index]
         item = {"views": None, "label": record.label, "index": index, "path": record.path, "failed": False, "error": ""}
         try:
-            item["views"] = decode_views(record.path, self.cfg, self.num_clips, self.num_crops, self.cfg.DATA.DECODING_BACKEND)
+            item["views"] = decode_views(record.source, self.cfg, self.num_clips, self.num_crops, self.cfg.DATA.DECODING_BACKEND)
         except DecodeError as e:
-            logger.warning("test video failed: %s", e)
             item.update(failed=True, error=str(e))
         return item
-
-
-class FailureTracker:
-    """Counts decoded and failed videos and stops the run (TooManyFailedVideos) once the failed share
-    exceeds `max_fraction`, judged after at least 1 / max_fraction attempts so one early failure is not fatal."""
-
-    def __init__(self, max_fraction: float):
-        self.max_fraction = max_fraction
-        self.min_attempts = math.ceil(1 / max_fraction) if max_fraction > 0 else 1
-        self.decoded = 0
-        self.failed: list[str] = []
-
-    @property
-    def attempted(self) -> int:
-        return self.decoded + len(self.failed)
-
-    def update(self, decoded: int, failed: list[str]) -> None:
-        self.decoded += decoded
-        self.failed.extend(failed)
-        share = len(self.failed) / max(self.attempted, 1)
-        if self.failed and self.attempted >= self.min_attempts and share > self.max_fraction:
-            raise TooManyFailedVideos(
-                f"{len(self.failed)} of {self.attempted} videos failed to decode ({share:.1%} > DATA.MAX_FAILED_FRACTION "
-                f"{self.max_fraction:.1%}); first failures: {', '.join(self.failed[:3])}. "
-                "Run tools/check_videos.py to write a clean list."
-            )

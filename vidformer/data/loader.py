@@ -4,38 +4,52 @@ TRAIN.BATCH_SIZE counts videos per node, as in PySlowFast: each of the `world_si
 TRAIN.BATCH_SIZE // world_size videos per iteration, and with AUG.NUM_SAMPLE = n each video gives n
 augmented clips, so a batch holds n x that many clips. Samples are split over processes by a
 DistributedSampler (also with one process, so `loader.set_epoch(epoch)` reshuffles reproducibly).
+
+Broken videos: each loader owns a FailureTracker (vidformer.data.failures) that it feeds, in the
+main process, from what every batch carries, and that stops the run with one line when too many
+distinct videos fail. The decoder a video layout needs is checked when the loader is built.
 """
 
 import torch
 from fvcore.common.config import CfgNode
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from vidformer.data.datasets import ClipDataset, FailureTracker, ViewDataset, check_view_config, decode_views
-from vidformer.data.records import read_records
+from vidformer.data.datasets import ClipDataset, ViewDataset, check_view_config, decode_views
+from vidformer.data.decoders import BACKENDS, available_backends
+from vidformer.data.failures import FailureTracker
+from vidformer.data.records import VideoRecord, read_records
 from vidformer.errors import ConfigError, UsageError
 
-__all__ = ["build_loader", "set_epoch", "build_test_dataset", "iter_test_videos", "load_video_views", "collate_clips"]
+__all__ = ["build_loader", "set_epoch", "build_test_dataset", "iter_test_videos", "load_video_views", "collate_clips", "check_backend"]
 
 
 def collate_clips(items: list[dict]) -> dict:
     """Samples -> batch: "video" (B, C, T, H, W) with each sample's clips in a row, "label"/"index"
-    (B,) repeated per clip, "skipped" the paths every sample replaced."""
+    (B,) repeated per clip, "failed" {path: error} of every video the samples replaced, and
+    "gave_up" the last error of a sample that found no decodable video ("" when none; the batch
+    then has no "video" and the loader stops)."""
+    failed = {path: error for item in items for path, error in item["failed"].items()}
+    gave_up = next((list(item["failed"].values())[-1] for item in items if item["video"] is None), "")
+    if gave_up:
+        return {"video": None, "label": None, "index": None, "failed": failed, "gave_up": gave_up}
     counts = [item["video"].shape[0] for item in items]
     return {
         "video": torch.cat([item["video"] for item in items]),
         "label": torch.tensor([item["label"] for item, n in zip(items, counts) for _ in range(n)], dtype=torch.long),
         "index": torch.tensor([item["index"] for item, n in zip(items, counts) for _ in range(n)], dtype=torch.long),
-        "skipped": [path for item in items for path in item["skipped"]],
+        "failed": failed,
+        "gave_up": "",
     }
 
 
 class VideoLoader(DataLoader):
-    """A DataLoader that counts decoded and replaced videos (`failures`, a FailureTracker) while it is
-    iterated and stops with TooManyFailedVideos above DATA.MAX_FAILED_FRACTION."""
+    """A DataLoader that feeds `failures` (a FailureTracker) from every batch it yields and stops with
+    TooManyFailedVideos, raised here in the main process, above DATA.MAX_FAILED_FRACTION. Under
+    several processes every rank yields the same number of batches, so the tracker syncs at each."""
 
-    def __init__(self, dataset: ClipDataset, *, max_failed_fraction: float, **kwargs):
+    def __init__(self, dataset: ClipDataset, *, max_failed_fraction: float, split: str, **kwargs):
         super().__init__(dataset, **kwargs)
-        self.failures = FailureTracker(max_failed_fraction)
+        self.failures = FailureTracker(max_failed_fraction, split, len({record.path for record in dataset.records}))
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle for `epoch` and re-seed every sample's randomness; call before iterating."""
@@ -43,8 +57,11 @@ class VideoLoader(DataLoader):
         self.dataset.epoch = epoch
 
     def __iter__(self):
+        records = self.dataset.records
         for batch in super().__iter__():
-            self.failures.update(batch["index"].numel() // self.dataset.num_samples, batch["skipped"])
+            decoded = () if batch["gave_up"] else {records[i].path for i in batch["index"].unique().tolist()}
+            self.failures.add(decoded, batch["failed"], batch["gave_up"])
+            self.failures.check()
             yield batch
 
 
@@ -68,7 +85,9 @@ def build_loader(cfg: CfgNode, split: str, *, rank: int = 0, world_size: int = 1
         raise UsageError(f"build_loader split must be 'train' or 'val', got '{split}' (use iter_test_videos for the test)")
     train = split == "train"
     seed = cfg.RNG_SEED if seed is None else seed
-    dataset = ClipDataset(cfg, read_records(cfg, split), train=train, seed=seed)
+    records = read_records(cfg, split)
+    check_backend(cfg, records)
+    dataset = ClipDataset(cfg, records, train=train, seed=seed)
     batch_size = per_process_batch(cfg, world_size)
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=train)
     if train and len(sampler) < batch_size:
@@ -79,6 +98,7 @@ def build_loader(cfg: CfgNode, split: str, *, rank: int = 0, world_size: int = 1
     return VideoLoader(
         dataset,
         max_failed_fraction=cfg.DATA.MAX_FAILED_FRACTION,
+        split=split,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=cfg.DATA_LOADER.NUM_WORKERS,
@@ -88,9 +108,21 @@ def build_loader(cfg: CfgNode, split: str, *, rank: int = 0, world_size: int = 1
     )
 
 
+def check_backend(cfg: CfgNode, records: list[VideoRecord]) -> None:
+    """Refuse, before any video is read, a DATA.DECODING_BACKEND that is not installed (frame folders need none)."""
+    backend = cfg.DATA.DECODING_BACKEND
+    if all(record.frames is not None for record in records):
+        return
+    if backend not in BACKENDS or backend not in available_backends():
+        raise UsageError(f"DATA.DECODING_BACKEND '{backend}' is not installed (pip install {backend}); installed "
+                         f"backends: {', '.join(available_backends())}")
+
+
 def build_test_dataset(cfg: CfgNode, split: str = "val") -> ViewDataset:
     """The multi-view test dataset of `split`: item i is video i with all its views (see ViewDataset)."""
-    return ViewDataset(cfg, read_records(cfg, split))
+    records = read_records(cfg, split)
+    check_backend(cfg, records)
+    return ViewDataset(cfg, records)
 
 
 def _single(item: dict) -> dict:
@@ -100,14 +132,24 @@ def _single(item: dict) -> dict:
 def iter_test_videos(cfg: CfgNode, split: str = "val", rank: int = 0, world_size: int = 1):
     """Yield the test items (ViewDataset dicts) of videos rank, rank + world_size, ... exactly once each
     (no padding), decoded by DATA_LOADER.NUM_WORKERS workers. Stops with TooManyFailedVideos when the
-    failed share exceeds DATA.MAX_FAILED_FRACTION."""
-    dataset = build_test_dataset(cfg, split)
+    failed share of distinct videos exceeds DATA.MAX_FAILED_FRACTION, judged exactly at the end (also
+    when no video decoded at all). Consume it to the end on every rank: the ranks sync once per video
+    of the longest share, so a rank with one video less syncs once more after its last."""
+    dataset = build_test_dataset(cfg, split)  # here, so a bad list or backend is reported before any decoding
+    return _test_items(dataset, cfg, split, rank, world_size)
+
+
+def _test_items(dataset: ViewDataset, cfg: CfgNode, split: str, rank: int, world_size: int):
     mine = Subset(dataset, range(rank, len(dataset), world_size))
     loader = DataLoader(mine, batch_size=None, shuffle=False, num_workers=cfg.DATA_LOADER.NUM_WORKERS, collate_fn=_single)
-    failures = FailureTracker(cfg.DATA.MAX_FAILED_FRACTION)
+    failures = FailureTracker(cfg.DATA.MAX_FAILED_FRACTION, split, len({record.path for record in dataset.records}))
     for item in loader:
-        failures.update(0 if item["failed"] else 1, [item["path"]] if item["failed"] else [])
+        failures.add(() if item["failed"] else [item["path"]], {item["path"]: item["error"]} if item["failed"] else {})
+        failures.check()
         yield item
+    for _ in range(len(range(0, len(dataset), world_size)) - len(mine)):
+        failures.check()
+    failures.check(final=True)
 
 
 def load_video_views(path: str, cfg: CfgNode, *, backend: str | None = None) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """Offline dataset upkeep behind tools/check_videos.py and tools/prepare_videos.py: find videos that do
 not decode and write a clean list; re-encode videos to a short side of 256/320 with frequent keyframes.
 
-Both work on a Kinetics-style list (`<path> <label>` lines) or on every video under a folder, in
-parallel processes, and the re-encoder is resumable: each output is written to a temporary name and
+Both work on a Kinetics-style list (`<path> <label>` lines) or on every video under a folder (the
+checker also on the records of any DATA.DATASET layout, frame folders included), in parallel processes, and the re-encoder is resumable: each output is written to a temporary name and
 renamed when complete, and finished outputs are skipped.
 """
 
@@ -13,11 +13,12 @@ from dataclasses import dataclass
 
 import av
 
-from vidformer.data.decoders import DecodeError, open_video
-from vidformer.data.records import VIDEO_EXTENSIONS, split_list_line
+from vidformer.data.decoders import DecodeError
+from vidformer.data.frames import FrameFiles, open_source
+from vidformer.data.records import VIDEO_EXTENSIONS, VideoRecord, split_list_line
 from vidformer.errors import UsageError
 
-__all__ = ["check_video", "check_list", "prepare_video", "prepare_videos", "ListEntry", "read_list"]
+__all__ = ["check_video", "check_list", "check_records", "prepare_video", "prepare_videos", "ListEntry", "read_list"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +52,11 @@ def videos_under(folder: str) -> list[str]:
     return sorted(found)
 
 
-def check_video(path: str, backend: str = "pyav", full: bool = False) -> str:
-    """"" when `path` decodes, else the reason. Reads the first, middle and last frame (every frame when
-    `full`), which catches missing, empty, corrupt and truncated files."""
+def check_video(path: "str | FrameFiles", backend: str = "pyav", full: bool = False) -> str:
+    """"" when the video (a file or a record's FrameFiles) decodes, else the reason. Reads the first,
+    middle and last frame (every frame when `full`), which catches missing, empty, corrupt and truncated files."""
     try:
-        with open_video(path, backend) as reader:
+        with open_source(path, backend) as reader:
             n = reader.num_frames
             indices = list(range(n)) if full else sorted({0, n // 2, n - 1})
             reader.get_frames(indices)
@@ -70,7 +71,16 @@ def _check_job(args: tuple) -> str:
 
 def check_list(entries: list[ListEntry], *, backend: str = "pyav", full: bool = False, workers: int = 1) -> list[str]:
     """Reason per entry ("" when it decodes), checked in `workers` processes."""
-    jobs = [(e.path, backend, full) for e in entries]
+    return _check_all([e.path for e in entries], backend, full, workers)
+
+
+def check_records(records: list[VideoRecord], *, backend: str = "pyav", full: bool = False, workers: int = 1) -> list[str]:
+    """Reason per dataset record (vidformer.data.read_records; "" when it decodes), in `workers` processes."""
+    return _check_all([r.source for r in records], backend, full, workers)
+
+
+def _check_all(sources: list, backend: str, full: bool, workers: int) -> list[str]:
+    jobs = [(source, backend, full) for source in sources]
     if workers <= 1:
         return [_check_job(job) for job in jobs]
     with ProcessPoolExecutor(workers) as pool:

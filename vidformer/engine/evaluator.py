@@ -103,8 +103,8 @@ def score_videos(model: nn.Module, videos: Iterable[dict], *, method: str, chunk
     for video in videos:
         bar.update()
         if video["failed"]:
+            # logged once by the data loader's failure tracker (vidformer.data.failures)
             result.failed[video["path"]] = str(video.get("error", "decoding failed"))
-            get_logger().warning(f"could not decode {video['path']}: {video.get('error')}; left out of the metrics")
             continue
         logits = view_logits(model, video["views"], chunk, autocast_dtype)
         result.index.append(int(video["index"]))

@@ -301,14 +301,13 @@ class Trainer:
         _set_epoch(self.train_loader, self.epoch)
         iterations = self.steps_per_epoch * self.accum
         bar = progress(iterations, f"epoch {self.epoch + 1}/{cfg.SOLVER.MAX_EPOCH}", self.env.is_main)
-        loss_sum, loss_count, skipped_videos, nonfinite, window = 0.0, 0, [], 0, []
+        loss_sum, loss_count, nonfinite, window = 0.0, 0, 0, []
         clips, data_time, start = 0, 0.0, time.perf_counter()
         fetched = time.perf_counter()
         for it, batch in enumerate(self.train_loader):
             if it == iterations:  # the tail that does not fill an accumulation window is dropped
                 break
             data_time += time.perf_counter() - fetched
-            skipped_videos += list(batch.get("skipped", []))
             window_end = (it + 1) % self.accum == 0
             loss = self._forward_backward(batch, window_end)
             if loss is None:
@@ -330,13 +329,12 @@ class Trainer:
             bar.update()
             fetched = time.perf_counter()
         bar.close()
-        for path in skipped_videos:
-            self.logger.warning(f"skipped a video that failed to decode: {path}")
         elapsed = time.perf_counter() - start
         mean_loss = du.all_reduce_mean(torch.tensor(loss_sum / max(loss_count, 1), device=self.device)).item()
         return {"train_loss": mean_loss, "lr": self.schedule.lr, "step": self.step, "time_s": round(elapsed, 2),
                 "clips_per_s": round(clips / elapsed, 2), "data_time_s": round(data_time, 2),
-                "skipped_videos": len(skipped_videos), "nonfinite_steps": nonfinite}
+                "failed_videos": len(self.train_loader.failures.failed) if hasattr(self.train_loader, "failures") else 0,
+                "nonfinite_steps": nonfinite}
 
     def _autocast(self):
         if self.amp_dtype is None:
