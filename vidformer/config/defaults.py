@@ -79,7 +79,7 @@ _C.TEST.NUM_ENSEMBLE_VIEWS = 5
 _C.TEST.NUM_SPATIAL_CROPS = 1
 # How per-view outputs are combined per video: "sum" (of softmax), "logits" (sum of logits) or "max".
 _C.TEST.ENSEMBLE_METHOD = "sum"
-# Save per-video scores to OUTPUT_DIR/test_scores.pt.
+# Save per-video scores and per-view logits to OUTPUT_DIR/test_scores.pt (`vidformer test --save-scores`).
 _C.TEST.SAVE_RESULTS = False
 # Dataset split file the test reads ("test" reads test.csv; Kinetics users often point it at "val").
 _C.TEST.SPLIT = "val"

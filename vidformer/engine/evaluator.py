@@ -21,6 +21,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -229,6 +230,12 @@ def most_confused_pairs(confusion: torch.Tensor, n: int = CONFUSED_PAIRS) -> lis
     return [(int(i) // k, int(i) % k, int(c)) for c, i in zip(counts, flat) if c > 0]
 
 
+def _heading(title: str, subtitle: str, width_in: float) -> str:
+    """Title lines wrapped to the figure's width (about 11 characters per inch at 9 pt), then the subtitle."""
+    lines = textwrap.wrap(title, max(int(width_in * 11), 30)) if title else []
+    return "\n".join([*lines, subtitle])
+
+
 def write_confusion_png(path: str, names: list[str], confusion: torch.Tensor, title: str = "") -> None:
     """Up to MAX_MATRIX_CLASSES classes: the confusion matrix (rows: true class, columns: predicted), a count
     in every non-zero cell and the colour its share of the row. More classes: a bar chart of the
@@ -254,7 +261,7 @@ def write_confusion_png(path: str, names: list[str], confusion: torch.Tensor, ti
         ax.set_xlabel("predicted class")
         ax.set_ylabel("true class")
         fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class's videos")
-        ax.set_title(f"{title}\ncells: videos" if title else "cells: videos", fontsize=9)
+        ax.set_title(_heading(title, "cells: videos", size + 1.2), fontsize=9)
     else:
         pairs = most_confused_pairs(confusion)
         per_class = confusion.sum(dim=1)
@@ -276,7 +283,7 @@ def write_confusion_png(path: str, names: list[str], confusion: torch.Tensor, ti
             ax.set_yticks([])
         ax.set_xlabel("videos of the true class predicted as the other")
         heading = f"{len(pairs)} most confused pairs of {k} classes (true \u2192 predicted)"
-        ax.set_title(f"{title}\n{heading}" if title else heading, fontsize=9)
+        ax.set_title(_heading(title, heading, 9), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
