@@ -112,6 +112,8 @@ def collect_exit_probs(model: nn.Module, loader: Iterable) -> tuple[torch.Tensor
     for x, y in _batches(loader):
         probs.append(torch.stack([o.float().softmax(-1).cpu() for o in model.forward_exits(x.to(device))]))
         labels.append(y.cpu())
+    if not probs:  # e.g. a process whose share of a small split is empty
+        return torch.zeros(model.num_exits, 0, model.num_classes), torch.zeros(0, dtype=torch.long)
     return torch.cat(probs, dim=1), torch.cat(labels)
 
 

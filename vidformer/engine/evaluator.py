@@ -362,9 +362,15 @@ def _exit_thresholds(cfg: CfgNode, model: nn.Module, env: du.DistEnv, iter_video
     if same and env.is_main:
         get_logger().warning(f"DVT.CALIBRATION_SPLIT is the test split ('{split}' of the same folder): the "
                              f"thresholds are chosen on the videos they are scored on, so the result is optimistic")
+    if env.is_main:
+        get_logger().info(f"searching exit thresholds for DVT.GFLOPS_BUDGET {dvt.GFLOPS_BUDGET:g} on the "
+                          f"'{split}' split of {calib.DATA.PATH_TO_DATA_DIR} (every exit on every view)")
     videos = iter_videos(calib, split, rank=env.rank, world_size=env.world_size)
     parts = du.gather_objects(collect_exit_probs(model, _view_batches(videos, cfg.TEST.BATCH_SIZE)))
     probs, labels = torch.cat([p for p, _ in parts], dim=1), torch.cat([y for _, y in parts])
+    if labels.numel() == 0:
+        raise UsageError(f"DVT.CALIBRATION_SPLIT '{split}' of '{calib.DATA.PATH_TO_DATA_DIR}' has no decodable video "
+                         f"to search the exit thresholds on")
     point = search_thresholds(probs, labels, cumulative, target_gflops=dvt.GFLOPS_BUDGET)
     info.update(source="DVT.GFLOPS_BUDGET", gflops_budget=dvt.GFLOPS_BUDGET, calibration={
         "data_dir": calib.DATA.PATH_TO_DATA_DIR, "split": split, "num_views": labels.numel(),
