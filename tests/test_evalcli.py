@@ -17,7 +17,7 @@ from vidformer import cli
 from vidformer.config import get_cfg
 from vidformer.data import load_label_names, make_synthetic_dataset
 from vidformer.engine.adaptive import exit_taken, find_thresholds, view_exit_curve
-from vidformer.engine.ensemble import aggregate_views
+from vidformer.engine.ensemble import aggregate_views, ensemble_scores, load_scores
 from vidformer.engine.evaluator import most_confused_pairs, run_test, score_videos, write_confusion_png
 from vidformer.errors import UsageError
 from vidformer.models import create_model
@@ -188,9 +188,9 @@ def test_adaptive_views_report_the_views_used(tmp_path):
         _run(tmp_path, ViewTable(TABLE), "TEST.ADAPTIVE_VIEWS", "1.5")
 
 
-def _saved(tmp_path, name, model, videos=None):
+def _saved(tmp_path, name, model, *overrides, videos=None):
     out = tmp_path / name
-    _run(out, model, "TEST.SAVE_RESULTS", "True", videos=videos)
+    _run(out, model, "TEST.SAVE_RESULTS", "True", *overrides, videos=videos)
     return str(out / "test_scores.pt")
 
 
@@ -208,6 +208,15 @@ def test_saved_scores_ensemble_equals_the_hand_ensemble(tmp_path, capsys):
     metrics = json.loads((tmp_path / "ens" / "test_metrics.json").read_text())
     assert metrics["top1"] == pytest.approx(top1) and metrics["ensemble"]["files"] == [a, b]
     assert json.loads(capsys.readouterr().out.splitlines()[0])["top1"] == pytest.approx(top1)
+    # a model tested with adaptive views: the views it did not run are NaN and weigh nothing; each model
+    # counts as the mean of the views it used
+    c = _saved(tmp_path, "c", ViewTable(other, 2.0), "TEST.ADAPTIVE_VIEWS", "0.9")
+    adaptive = torch.load(c)
+    used = adaptive["views_used"].tolist()
+    assert min(used) < 3 and all(adaptive["view_logits"][i, v:].isnan().all() for i, v in enumerate(used))
+    hand = torch.stack([TABLE[torch.tensor(ids)].softmax(-1).mean(0)
+                        + (2.0 * other)[torch.tensor(ids[:v])].softmax(-1).mean(0) for (ids, _), v in zip(VIDEOS, used)])
+    torch.testing.assert_close(ensemble_scores({a: load_scores(a), c: load_scores(c)}, "sum"), hand)
 
 
 def test_mismatched_or_old_score_files_are_refused(tmp_path, capsys):

@@ -488,9 +488,10 @@ def _scores_payload(merged: VideoScores, scores: torch.Tensor, metrics: dict, na
     logits = torch.full((n, num_views, k), math.nan)
     for i, v in enumerate(merged.view_logits):
         logits[i, :v.shape[0]] = v
-    payload = {"index": torch.tensor(merged.index, dtype=torch.long), "label": torch.tensor(merged.label, dtype=torch.long),
-               "scores": scores, "view_logits": logits, "views_used": torch.tensor(merged.views_used, dtype=torch.long),
-               "paths": list(merged.path), "class_names": list(names),
+    payload = {"index": torch.tensor(merged.index, dtype=torch.long),
+               "label": torch.tensor(merged.label, dtype=torch.long), "scores": scores, "view_logits": logits,
+               "views_used": torch.tensor(merged.views_used, dtype=torch.long), "paths": list(merged.path),
+               "class_names": list(names),
                **{key: metrics[key] for key in ("ensemble_method", "views", "view_rule", "split", "model", "checkpoint")}}
     if merged.exits:
         exits = torch.full((n, num_views), -1, dtype=torch.long)
