@@ -283,7 +283,8 @@ def write_confusion_png(path: str, names: list[str], confusion: torch.Tensor, ti
             ax.set_yticks([])
         ax.set_xlabel("videos of the true class predicted as the other")
         heading = f"{len(pairs)} most confused pairs of {k} classes (true \u2192 predicted)"
-        ax.set_title(_heading(title, heading, 9), fontsize=9)
+        # over the figure, not the axes: the class names on the left push the axes to the right
+        fig.suptitle(_heading(title, heading, 9), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
