@@ -76,6 +76,9 @@ def main() -> None:
         "thresholds": chosen.thresholds, "calibration": vars(chosen),
         "early_exit_val": real, "gflops_share": real["gflops"] / cum[-1],
         "top1_gap": exit_top1[-1] - real["top1"],
+        # the same early exit from the command line; one clip per video is the centre clip measured above
+        "test_command": f"vidformer test --config {os.path.join(args.output, 'checkpoints', 'config.yaml')} "
+                        f"TEST.NUM_ENSEMBLE_VIEWS 1 DVT.THRESHOLDS \"{[round(t, 6) for t in chosen.thresholds[:-1]]}\"",
     }
     with open(os.path.join(args.output, "dvt_curve.json"), "w") as f:
         json.dump(result, f, indent=1)

@@ -87,10 +87,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _test_args(p: argparse.ArgumentParser) -> None:
-    _config_args(p)
+    _config_args(p, required=False)
     p.add_argument("--checkpoint", default=None, help="weights to test (default TEST.CHECKPOINT_FILE_PATH, "
                                                       "else the latest checkpoint in OUTPUT_DIR)")
-    p.add_argument("--save-scores", action="store_true", help="also write per-video scores (OUTPUT_DIR/test_scores.pt)")
+    p.add_argument("--save-scores", action="store_true",
+                   help="also write per-video scores and per-view logits (OUTPUT_DIR/test_scores.pt)")
+    p.add_argument("--scores", nargs="+", default=None, metavar="SCORES_PT",
+                   help="no model, no videos: the ensemble of saved test_scores.pt files (same videos, same "
+                        "order) by TEST.ENSEMBLE_METHOD; put KEY VALUE overrides before --scores")
 
 
 def _test(args: argparse.Namespace) -> int:
@@ -98,22 +102,33 @@ def _test(args: argparse.Namespace) -> int:
 
     from vidformer.config import get_cfg
     from vidformer.engine import distributed
-    from vidformer.engine.evaluator import run_test
+    from vidformer.engine.evaluator import run_ensemble, run_test
 
     opts = list(args.opts)
-    if args.checkpoint:
-        opts += ["TEST.CHECKPOINT_FILE_PATH", args.checkpoint]
-    if args.save_scores:
-        opts += ["TEST.SAVE_RESULTS", "True"]
-    cfg = get_cfg(args.config, opts)
-    env = distributed.init_distributed()
-    try:
-        metrics = run_test(cfg, env=env)
-    finally:
-        distributed.shutdown()
-    if env.is_main:
-        print(json.dumps({k: metrics[k] for k in ("top1", "top5", "mean_class_acc", "num_videos", "views")}))
-        print(f"metrics: {os.path.join(cfg.OUTPUT_DIR, 'test_metrics.json')}")
+    if args.scores:
+        if args.checkpoint or args.save_scores:
+            raise UsageError("--scores ensembles saved scores; it takes no --checkpoint or --save-scores")
+        cfg = get_cfg(args.config, opts)
+        metrics = run_ensemble(cfg, args.scores)
+    else:
+        if not args.config:
+            raise UsageError("test needs --config FILE (or --scores A.pt B.pt ... to ensemble saved scores)")
+        if args.checkpoint:
+            opts += ["TEST.CHECKPOINT_FILE_PATH", args.checkpoint]
+        if args.save_scores:
+            opts += ["TEST.SAVE_RESULTS", "True"]
+        cfg = get_cfg(args.config, opts)
+        env = distributed.init_distributed()
+        try:
+            metrics = run_test(cfg, env=env)
+        finally:
+            distributed.shutdown()
+        if not env.is_main:
+            return 0
+    keys = ["top1", "top5", "mean_class_acc", "num_videos", "views"]
+    keys += [k for k in ("adaptive", "adaptive_views") if k in metrics]
+    print(json.dumps({k: metrics[k] for k in keys}))
+    print(f"metrics: {os.path.join(cfg.OUTPUT_DIR, 'test_metrics.json')}")
     return 0
 
 

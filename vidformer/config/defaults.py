@@ -79,10 +79,26 @@ _C.TEST.NUM_ENSEMBLE_VIEWS = 5
 _C.TEST.NUM_SPATIAL_CROPS = 1
 # How per-view outputs are combined per video: "sum" (of softmax), "logits" (sum of logits) or "max".
 _C.TEST.ENSEMBLE_METHOD = "sum"
-# Save per-video scores to OUTPUT_DIR/test_scores.pt.
+# Save per-video scores and per-view logits to OUTPUT_DIR/test_scores.pt (`vidformer test --save-scores`).
 _C.TEST.SAVE_RESULTS = False
 # Dataset split file the test reads ("test" reads test.csv; Kinetics users often point it at "val").
 _C.TEST.SPLIT = "val"
+# Adaptive views: a video's views run in order and stop once the mean of their softmax reaches this
+# confidence (any model; 0 = off, every view runs). test_metrics.json reports the average views used.
+_C.TEST.ADAPTIVE_VIEWS = 0.0
+
+# ---------------------------------------------------------------------------------------------
+# Early exit through a cascade (the DVT models) at test time: set THRESHOLDS or GFLOPS_BUDGET.
+_C.DVT = CfgNode()
+# Confidence thresholds (max softmax) of exits 1 .. K-1: a view leaves at the first exit reaching its
+# threshold, the last exit takes the rest. Empty: no early exit (unless GFLOPS_BUDGET is set).
+_C.DVT.THRESHOLDS = []
+# Target average GFLOPs per view; thresholds are searched for it on the calibration split (0 = off).
+_C.DVT.GFLOPS_BUDGET = 0.0
+# Split ("train", "val" or "test") the thresholds are searched on, with the test-time views.
+_C.DVT.CALIBRATION_SPLIT = "train"
+# Folder holding the calibration split ("" = DATA.PATH_TO_DATA_DIR), for a held-out set of its own.
+_C.DVT.CALIBRATION_DATA_DIR = ""
 
 # ---------------------------------------------------------------------------------------------
 _C.DATA = CfgNode()

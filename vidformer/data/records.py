@@ -50,9 +50,9 @@ FRAME_LIST_HEADER = ("original_vido_id", "video_id", "frame_id", "path", "labels
 UCF101_SPLITS = "ucfTrainTestlist"
 HMDB51_SPLITS = "testTrainMulti_7030_splits"
 _SSV2_SPLITS = {"train": "something-something-v2-train.json", "val": "something-something-v2-validation.json"}
-# Shipped class-name lists (vidformer/data/labels/), keyed by (dataset, number of classes). Kinetics-400
+# Shipped class-name lists (vidformer/data/labels/), keyed by (dataset, number of classes). Kinetics-400/600/700
 # in the standard alphabetical index order; SSv2 names come from the dataset's own label JSON.
-_SHIPPED = {("kinetics", 400): "kinetics400.txt"}
+_SHIPPED = {("kinetics", 400): "kinetics400.txt", ("kinetics", 600): "kinetics600.txt", ("kinetics", 700): "kinetics700.txt"}
 
 
 @dataclass(frozen=True)
@@ -355,7 +355,7 @@ def load_label_names(cfg: CfgNode) -> list[str] | None:
     """Class names indexed by label, or None when none are known.
 
     Looked up in order: DATA.LABEL_NAMES_FILE; PATH_TO_DATA_DIR/classes.txt; the SSv2 label JSON or
-    the class folders; the list shipped for the dataset and MODEL.NUM_CLASSES (Kinetics-400).
+    the class folders; the list shipped for the dataset and MODEL.NUM_CLASSES (Kinetics-400/600/700).
     """
     num_classes = cfg.MODEL.NUM_CLASSES
     if cfg.DATA.LABEL_NAMES_FILE:

@@ -11,12 +11,12 @@ therefore meets its target on the split it was searched on by construction.
 import csv
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 
-from vidformer.engine.evaluator import aggregate_views
+from vidformer.engine.ensemble import aggregate_views
 from vidformer.errors import UsageError
 from vidformer.flops import flops_by_module
 
@@ -112,6 +112,8 @@ def collect_exit_probs(model: nn.Module, loader: Iterable) -> tuple[torch.Tensor
     for x, y in _batches(loader):
         probs.append(torch.stack([o.float().softmax(-1).cpu() for o in model.forward_exits(x.to(device))]))
         labels.append(y.cpu())
+    if not probs:  # e.g. a process whose share of a small split is empty
+        return torch.zeros(model.num_exits, 0, model.num_classes), torch.zeros(0, dtype=torch.long)
     return torch.cat(probs, dim=1), torch.cat(labels)
 
 
@@ -276,11 +278,27 @@ def _view_confidence(view_logits: torch.Tensor) -> torch.Tensor:
     return probs.max(dim=-1).values / torch.arange(1, view_logits.shape[0] + 1)
 
 
+def views_until_confident(run: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]],
+                          views: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A video's views (V, C, T, H, W) run one at a time, in order, until the running mean of their softmax
+    reaches `threshold` (FrameExit's idea over clips, research/dvt.md §5.2.7). `run` maps (1, C, T, H, W)
+    to (logits (1, K), exit index (1,) or None). Returns the logits (v, K) of the v views used, and their
+    exits when `run` reports them."""
+    logits, exits = [], []
+    for v in range(views.shape[0]):
+        out, taken = run(views[v:v + 1])
+        logits.append(out)
+        exits.append(taken)
+        if _view_confidence(torch.cat(logits))[-1] >= threshold:
+            break
+    return torch.cat(logits), None if exits[0] is None else torch.cat(exits)
+
+
 @torch.no_grad()
 def adaptive_views(model: nn.Module, videos: Iterable[dict], threshold: float, *, method: str = "sum") -> dict:
     """Multi-view test that evaluates each video's views in order and stops once the running mean of their
-    softmax reaches `threshold` (FrameExit's idea over clips, research/dvt.md §5.2.7). `videos` yields the
-    evaluator's dicts (views (V, C, T, H, W), label); the prediction aggregates the views used with `method`.
+    softmax reaches `threshold` (views_until_confident). `videos` yields the evaluator's dicts (views
+    (V, C, T, H, W), label); the prediction aggregates the views used with `method`.
     Returns top-1 (%), the average number of views used, and the number of videos."""
     model.eval()
     device = next(model.parameters()).device
@@ -288,14 +306,10 @@ def adaptive_views(model: nn.Module, videos: Iterable[dict], threshold: float, *
     for video in videos:
         if video.get("failed"):
             continue
-        views, logits = video["views"], []
-        for v in range(views.shape[0]):
-            logits.append(model(views[v:v + 1].to(device)).float().cpu())
-            if _view_confidence(torch.cat(logits))[-1] >= threshold:
-                break
-        scores = aggregate_views(torch.cat(logits), method)
-        hits += int(scores.argmax().item() == int(video["label"]))
-        used += len(logits)
+        logits, _ = views_until_confident(lambda view: (model(view.to(device)).float().cpu(), None),
+                                          video["views"], threshold)
+        hits += int(aggregate_views(logits, method).argmax().item() == int(video["label"]))
+        used += logits.shape[0]
         n += 1
     return {"top1": 100.0 * hits / max(n, 1), "avg_views": used / max(n, 1), "num_videos": n,
             "threshold": threshold}
