@@ -70,7 +70,7 @@ def open_video(path: str, backend: str = "pyav") -> VideoReader:
             f"installed backends: {', '.join(available_backends())}"
         )
     if not os.path.isfile(path):
-        raise DecodeError(path, "no such file")
+        raise DecodeError(path, "a directory, not a video file" if os.path.isdir(path) else "no such file")
     if os.path.getsize(path) == 0:
         raise DecodeError(path, "empty file")
     if path.lower().endswith(IMAGE_EXTENSIONS):

@@ -221,6 +221,7 @@ def run_test(cfg: CfgNode, *, model: nn.Module | None = None, env: du.DistEnv | 
         model = build_model(cfg)
         report = load_pretrained(model, source, strict=False)
         logger.info(f"testing {source}\n{report}")
+        report.check_fit(cfg.TEST.ALLOW_PARTIAL)
     model = model.to(device).eval()
     if iter_videos is None:
         from vidformer.data import iter_test_videos as iter_videos
