@@ -192,4 +192,12 @@ def test_a_user_error_under_debug_also_shows_where(capsys, tmp_path):
     assert main(["--debug", "config", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" in err and "ConfigError" in err and err.strip().endswith("expected a YAML file (see configs/)")
-    assert os.path.isdir(tmp_path)
+
+
+def test_a_path_the_system_refuses_is_named(capsys, monkeypatch):
+    def unwritable(args):
+        raise PermissionError(13, "Permission denied", "/runs/shared/out")
+
+    help_text, add_arguments, _ = VERBS["flops"]
+    monkeypatch.setitem(VERBS, "flops", (help_text, add_arguments, unwritable))
+    _fails(capsys, ["flops", "toy_video"], "'/runs/shared/out': Permission denied")

@@ -293,7 +293,7 @@ VERBS = {
 class _Parser(argparse.ArgumentParser):
     """argparse with a did-you-mean for a mistyped choice (a verb, --method ...) or option."""
 
-    verbs: dict[str, argparse.ArgumentParser] = {}  # build_parser fills it: verb name -> its parser
+    verbs: dict[str, argparse.ArgumentParser]  # build_parser sets it: verb name -> its parser
 
     def error(self, message: str):
         choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
@@ -329,6 +329,7 @@ def parse_args(argv: list[str] | None = None, parser: argparse.ArgumentParser | 
     flags = [a for a in extra if a.startswith("-") and not _is_number(a)]
     if flags or (extra and not hasattr(args, "opts")):
         verb = parser.verbs[args.verb] if args.verb else parser
+        # argparse has no public list of a parser's options; _actions is where it keeps them
         known = [o for action in verb._actions for o in action.option_strings]
         hint = _did_you_mean(flags[0], known) if flags else ""
         verb.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
@@ -354,7 +355,9 @@ def _failure(e: BaseException) -> tuple[int, str]:
     """(exit code, one line) for an exception that reached the command line."""
     if isinstance(e, UsageError):
         return 2, str(e)
-    if isinstance(e, OSError) and e.filename is not None:
+    if isinstance(e, OSError):  # a path the user gave, or the machine (a full disk): not a bug either way
+        if e.filename is None:
+            return 1, str(e)
         return (2 if e.errno in _PATH_ERRNOS else 1), f"'{e.filename}': {e.strerror}"
     # vidformer.data is imported only by the verbs that read videos, so only then can a DecodeError be here
     from vidformer.data.decoders import DecodeError
