@@ -111,7 +111,8 @@ def test_a_directory_is_named_as_one(capsys, toy):
 def test_output_dir_under_a_file_is_one_line(capsys, toy):
     (toy / "plain").write_text("not a folder")
     out = str(toy / "plain" / "run")
-    line = _fails(capsys, ["train", "--config", str(toy / "toy.yaml"), "OUTPUT_DIR", out], "OUTPUT_DIR", "which is a file")
+    line = _fails(capsys, ["train", "--config", str(toy / "toy.yaml"), "OUTPUT_DIR", out],
+                  "OUTPUT_DIR", "which is a file")
     assert out in line
     _fails(capsys, ["test", "--config", str(toy / "toy.yaml"), "--checkpoint", str(toy / "fits.pth"),
                     "OUTPUT_DIR", str(toy / "plain")], "OUTPUT_DIR", "is a file")
@@ -138,7 +139,8 @@ def test_demo_videos_that_are_not_videos(capsys, toy):
 def test_weights_that_do_not_fit_are_refused_unless_allow_partial(capsys, toy):
     narrow = str(toy / "narrow.pth")
     base = ["--config", str(toy / "toy.yaml"), "--checkpoint", narrow]
-    _fails(capsys, ["demo", str(toy / "notes.mp4"), *base], "does not fit", "1 of 11 model tensors loaded (9%)", "--allow-partial")
+    _fails(capsys, ["demo", str(toy / "notes.mp4"), *base],
+           "does not fit", "1 of 11 model tensors loaded (9%)", "--allow-partial")
     # accepted with the flag: the demo goes on to the video (which is missing)
     _fails(capsys, ["demo", str(toy / "nowhere.mp4"), *base, "--allow-partial"], "nowhere.mp4")
 
@@ -147,7 +149,8 @@ def test_weights_that_do_not_fit_are_refused_unless_allow_partial(capsys, toy):
     assert not dst.exists()
     assert main(["convert", narrow, str(dst), "--model", "toy_video", "--num-frames", "4", "--allow-partial"]) == 0
     assert dst.exists() and "wrote" in capsys.readouterr().out
-    assert main(["convert", str(toy / "fits.pth"), str(toy / "ok.pth"), "--model", "toy_video", "--num-frames", "4"]) == 0
+    fits = ["convert", str(toy / "fits.pth"), str(toy / "ok.pth"), "--model", "toy_video", "--num-frames", "4"]
+    assert main(fits) == 0
 
 
 def _tiny_mvit(depths, num_frames=4, num_classes=5):

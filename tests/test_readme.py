@@ -1,7 +1,7 @@
 """The README is a checked document: every `vidformer ...` command in it parses with the CLI's own
-parser (and the configs/ files it names exist), every `python tools/X.py` exists, the verbs it says have a tools/ script have one, and the
-Models table's own figures are what `vidformer flops` prints (the cheap rows here, DVT marked slow;
-the full-size video MViTv2/UniFormer counts are in the family tests)."""
+parser (and the configs/ files it names exist), every `python tools/X.py` exists, the verbs it says
+have a tools/ script have one, and the Models table's own figures are what `vidformer flops` prints
+(the cheap rows here, DVT marked slow; the full-size video MViTv2/UniFormer counts are in the family tests)."""
 
 import os
 import re

@@ -1,4 +1,5 @@
-"""Any known checkpoint layout into a native checkpoint: `python tools/convert.py SRC DST --model NAME [--num-frames T] [--allow-partial]` (= `vidformer convert`)."""
+"""Any known checkpoint layout into a native checkpoint (= `vidformer convert`):
+`python tools/convert.py SRC DST --model NAME [--num-frames T] [--allow-partial]`."""
 
 import sys
 

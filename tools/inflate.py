@@ -1,4 +1,5 @@
-"""An image checkpoint into a video model's native checkpoint: `python tools/inflate.py SRC DST --model NAME --num-frames T [--method center|average]` (= `vidformer inflate`)."""
+"""An image checkpoint into a video model's native checkpoint (= `vidformer inflate`):
+`python tools/inflate.py SRC DST --model NAME --num-frames T [--method center|average]`."""
 
 import sys
 

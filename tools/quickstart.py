@@ -1,4 +1,5 @@
-"""Train and test a small video model on synthetic data on a CPU: `python tools/quickstart.py [--output DIR] [--cache DIR]` (= `vidformer quickstart`)."""
+"""Train and test a small video model on synthetic data on a CPU (= `vidformer quickstart`):
+`python tools/quickstart.py [--output DIR] [--cache DIR]`."""
 
 import sys
 

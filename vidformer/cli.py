@@ -241,13 +241,15 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=_positive_int, default=None, help="frames per clip (default 16; --quick: 4)")
     p.add_argument("--img-size", type=_positive_int, default=None, help="crop size (default 224; --quick: 32)")
     p.add_argument("--batch", type=_positive_int, default=1, help="clips per step")
-    p.add_argument("--iters", type=_positive_int, default=None, help="timed steps per configuration (default 5; --quick: 2)")
+    p.add_argument("--iters", type=_positive_int, default=None,
+                   help="timed steps per configuration (default 5; --quick: 2)")
     p.add_argument("--modes", nargs="+", default=["forward", "train"], choices=("forward", "train"),
                    help="forward and/or train (forward+backward)")
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16"),
                    help="fp32 and/or bf16 (autocast)")
     p.add_argument("--device", default=None, help="cpu or cuda[:i] (default cpu)")
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: the cores this process may use)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch threads (default: the cores this process may use)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--no-data", action="store_true", help="skip the data-loading benchmark")
     p.add_argument("--json", default=None, metavar="OUT", help="write every figure to this JSON file")
@@ -317,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
         verb = sub.add_parser(name, help=help_text, description=help_text)
         add_arguments(verb)
         # also accepted after the verb; SUPPRESS keeps a --debug given before the verb
-        verb.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="print the traceback of any error")
+        verb.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                          help="print the traceback of any error")
     return parser
 
 
