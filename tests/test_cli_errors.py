@@ -197,10 +197,17 @@ def test_a_user_error_under_debug_also_shows_where(capsys, tmp_path):
     assert "Traceback" in err and "ConfigError" in err and err.strip().endswith("expected a YAML file (see configs/)")
 
 
-def test_a_path_the_system_refuses_is_named(capsys, monkeypatch):
+def test_a_path_the_system_refuses_is_named_and_memory_is_no_bug(capsys, monkeypatch):
     def unwritable(args):
         raise PermissionError(13, "Permission denied", "/runs/shared/out")
+
+    def too_big(args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     help_text, add_arguments, _ = VERBS["flops"]
     monkeypatch.setitem(VERBS, "flops", (help_text, add_arguments, unwritable))
     _fails(capsys, ["flops", "toy_video"], "'/runs/shared/out': Permission denied")
+    monkeypatch.setitem(VERBS, "flops", (help_text, add_arguments, too_big))
+    assert main(["flops", "toy_video"]) == 1
+    err = capsys.readouterr().err
+    assert "out of memory" in err and "TRAIN.BATCH_SIZE" in err and "bug" not in err

@@ -12,6 +12,8 @@ import re
 import sys
 import traceback
 
+import torch
+
 import vidformer
 from vidformer.config import check_output_dir
 from vidformer.errors import UsageError
@@ -362,6 +364,9 @@ def _failure(e: BaseException) -> tuple[int, str]:
         if e.filename is None:
             return 1, str(e)
         return (2 if e.errno in _PATH_ERRNOS else 1), f"'{e.filename}': {e.strerror}"
+    if isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return 1, (f"out of memory ({type(e).__name__}); lower TRAIN.BATCH_SIZE or TEST.BATCH_SIZE (or the clip: "
+                   f"DATA.NUM_FRAMES, the crop size)")
     # vidformer.data is imported only by the verbs that read videos, so only then can a DecodeError be here
     from vidformer.data.decoders import DecodeError
 
