@@ -211,3 +211,8 @@ def test_a_path_the_system_refuses_is_named_and_memory_is_no_bug(capsys, monkeyp
     assert main(["flops", "toy_video"]) == 1
     err = capsys.readouterr().err
     assert "out of memory" in err and "TRAIN.BATCH_SIZE" in err and "bug" not in err
+
+
+def test_a_checkpoint_directory_is_named_as_one(capsys, tmp_path):
+    _fails(capsys, ["convert", str(tmp_path), str(tmp_path / "out.pth"), "--model", "toy_video"],
+           f"checkpoint '{tmp_path}' is a directory")
