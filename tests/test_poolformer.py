@@ -96,6 +96,21 @@ def test_official_layout_loads_and_uses_the_official_head():
         assert (model(x) - official_order).abs().max() > 1e-2  # the two heads are different functions
 
 
+
+def test_timm_file_loads_into_a_model_moved_to_double(tmp_path):
+    """Switching the head order on load builds the new norm where the model lives (no "mixed dtype")."""
+    torch.manual_seed(0)
+    ref = _tiny_timm_poolformer().eval()
+    torch.save(ref.state_dict(), tmp_path / "timm.pth")
+    model = create_model("poolformer_s12", num_frames=1, num_classes=5, **TINY).double().eval()
+    assert model.head_norm == "pre_pool"
+    report = load_pretrained(model, str(tmp_path / "timm.pth"), strict=True)
+    assert report.layout == "timm_poolformer" and model.head_norm == "post_pool"
+    assert model.norm.weight.dtype == torch.float64
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        _assert_close_logits(model(x.double()).float(), ref(x))
+
 PAPER = {  # PoolFormer paper Table 1 / sail-sg/poolformer README: params (M), MACs (G) at 224
     "poolformer_s12": (11.9, 1.8), "poolformer_s24": (21.4, 3.4), "poolformer_s36": (30.9, 5.0),
     "poolformer_m36": (56.2, 8.8), "poolformer_m48": (73.5, 11.6),

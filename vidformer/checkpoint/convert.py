@@ -11,10 +11,11 @@ from vidformer.models import create_model
 
 def convert_checkpoint(src: str, dst: str, model_name: str, *, num_frames: int | None = None,
                        img_size: int | None = None, num_classes: int | None = None,
-                       inflate: str = "center") -> LoadReport:
+                       inflate: str = "center", allow_partial: bool = False) -> LoadReport:
     """Load `src` into `model_name` (image or video geometry) and write the native checkpoint `dst`.
 
-    Without num_classes the classifier keeps the checkpoint's class count. A `.safetensors` dst
+    Weights that do not fit the model (LoadReport.check_fit) are refused, and nothing is written,
+    unless allow_partial. Without num_classes the classifier keeps the checkpoint's class count. A `.safetensors` dst
     gets the bare state dict; anything else a dict with "model_state" and the model's metadata.
     """
     model = create_model(model_name, num_classes=num_classes or 400, num_frames=num_frames, img_size=img_size)
@@ -22,6 +23,7 @@ def convert_checkpoint(src: str, dst: str, model_name: str, *, num_frames: int |
     if num_classes is None and report.checkpoint_num_classes is not None:
         model.reset_classifier(report.checkpoint_num_classes)
         report = load_pretrained(model, src, inflate=inflate)
+    report.check_fit(allow_partial)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     if dst.endswith(".safetensors"):
         save_file(state, dst)

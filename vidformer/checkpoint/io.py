@@ -30,6 +30,8 @@ def load_checkpoint_file(path: str) -> dict:
     if not path_manager.exists(path):
         raise UsageError(f"checkpoint '{path}' does not exist")
     local = path_manager.get_local_path(path)
+    if os.path.isdir(local):
+        raise UsageError(f"checkpoint '{path}' is a directory; expected a checkpoint file (.pth, .pyth, .safetensors)")
     if local.endswith(".safetensors"):
         from safetensors import SafetensorError
         from safetensors.torch import load_file

@@ -24,6 +24,9 @@ from vidformer.checkpoint.zoo import PretrainedEntry
 from vidformer.errors import UsageError
 
 _TEMPORAL_TABLES = ("rel_pos_t", "pos_embed_temporal", "temporal_pos")
+# LoadReport.check_fit: below this share of the model's tensors loaded (or of the checkpoint's used) the
+# file is another model or another size of the family (mvitv2_s into mvitv2_b loads about half)
+MIN_FIT_SHARE = 0.9
 
 
 @dataclass
@@ -56,6 +59,40 @@ class LoadReport:
         lines += [f"shape mismatch (not loaded): {k}: {v}" for k, v in self.mismatched.items()]
         lines += [f"dropped: {k}: {v}" for k, v in self.dropped.items()]
         return lines
+
+    def fit(self) -> tuple[float, float]:
+        """(share of the model's tensors taken from the checkpoint, share of the checkpoint's tensors used).
+
+        Zero-initialised temporal tables and a classifier dropped for another class count count on
+        neither side: inflating an image model and fine-tuning to new classes expect them.
+        """
+        taken = len(self.loaded) + len(self.inflated) + len(self.interpolated)
+        model_side = taken + len(self.missing) + len(self.mismatched)
+        checkpoint_side = taken + len(self.mismatched) + len(self.unexpected)
+        return taken / max(model_side, 1), taken / max(checkpoint_side, 1)
+
+    @property
+    def summary(self) -> str:
+        """One line: how much of the model the checkpoint filled, and what it left."""
+        taken = len(self.loaded) + len(self.inflated) + len(self.interpolated)
+        model_share, _ = self.fit()
+        total = taken + len(self.missing) + len(self.mismatched)
+        parts = [f"{taken} of {total} model tensors loaded ({model_share:.0%})"]
+        parts += [f"{len(self.missing)} missing"] if self.missing else []
+        parts += [f"{len(self.mismatched)} of another shape"] if self.mismatched else []
+        parts += [f"{len(self.unexpected)} checkpoint tensors unused"] if self.unexpected else []
+        return ", ".join(parts)
+
+    def check_fit(self, allow_partial: bool = False, min_share: float = MIN_FIT_SHARE) -> None:
+        """Raise UsageError (with the summary) unless the weights fit: at least `min_share` of the model's
+        tensors loaded and of the checkpoint's used. allow_partial=True accepts any fit."""
+        model_share, checkpoint_share = self.fit()
+        if allow_partial or min(model_share, checkpoint_share) >= min_share:
+            return
+        raise UsageError(
+            f"'{self.source}' ({self.layout} layout) does not fit the model: {self.summary}; a fit fills "
+            f"{min_share:.0%} of the model and uses {min_share:.0%} of the file (another model, or another size of "
+            f"the family?); --allow-partial (allow_partial=True) loads it anyway")
 
     def __str__(self) -> str:
         rows = [("source", self.source), ("layout", self.layout + (" (keys converted)" if self.converted else "")),

@@ -1,7 +1,9 @@
 """Configuration: fvcore CfgNode defaults (defaults.py), YAML files with `_BASE_` inheritance, and
-`KEY VALUE` overrides from the command line. Every problem is a ConfigError naming the key or file."""
+`KEY VALUE` overrides from the command line. Every problem is a ConfigError naming the key or file;
+validate_cfg is the one place that checks values (choices and ranges)."""
 
 import ast
+import difflib
 import os
 from typing import Sequence
 
@@ -11,7 +13,7 @@ from fvcore.common.config import CfgNode
 from vidformer.config.defaults import get_defaults
 from vidformer.errors import ConfigError
 
-__all__ = ["get_cfg", "CfgNode", "ConfigError", "model_overrides"]
+__all__ = ["get_cfg", "CfgNode", "ConfigError", "check_output_dir", "model_overrides", "validate_cfg"]
 
 
 def get_cfg(config_file: str | None = None, overrides: Sequence[str] = ()) -> CfgNode:
@@ -21,7 +23,7 @@ def get_cfg(config_file: str | None = None, overrides: Sequence[str] = ()) -> Cf
         _merge_file(cfg, config_file)
     if overrides:
         _merge_overrides(cfg, list(overrides))
-    _validate(cfg)
+    validate_cfg(cfg)
     cfg.freeze()
     return cfg
 
@@ -37,7 +39,22 @@ def model_overrides(cfg: CfgNode) -> dict:
     return value
 
 
+def check_output_dir(path: str, key: str = "OUTPUT_DIR") -> None:
+    """Refuse an output folder that cannot be created or written (a file in the way, no permission),
+    naming `key`, before a run spends time on anything else."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "is a file" if existing == os.path.abspath(path) else f"is under '{existing}', which is a file"
+        raise ConfigError(f"{key} '{path}' {where}; expected a folder (or a path where one can be made)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key} '{path}': '{existing}' is not writable; expected a folder you can write to")
+
+
 def _merge_file(cfg: CfgNode, path: str) -> None:
+    if os.path.isdir(path):
+        raise ConfigError(f"config file '{path}' is a directory; expected a YAML file (see configs/)")
     if not os.path.isfile(path):
         raise ConfigError(f"config file '{path}' does not exist")
     try:
@@ -96,8 +113,18 @@ def _explain(e: Exception) -> str:
     text = e.args[0] if e.args else str(e)
     if "Non-existent" in text:  # fvcore says "config key: X" (files), yacs "key: X" (overrides)
         key = text.split(":", 1)[1].strip()
-        return f"unknown key '{key}' (see vidformer/config/defaults.py for the keys that exist)"
+        close = difflib.get_close_matches(key, _key_names(get_defaults()), n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'?" if close else "see vidformer/config/defaults.py for the keys that exist"
+        return f"unknown key '{key}'; {hint}"
     return str(text)
+
+
+def _key_names(node: CfgNode, prefix: str = "") -> list[str]:
+    """Full names (SECTION.KEY) of every key under `node`."""
+    names = []
+    for name, value in node.items():
+        names += _key_names(value, f"{prefix}{name}.") if isinstance(value, CfgNode) else [prefix + name]
+    return names
 
 
 _CHOICES = {
@@ -112,11 +139,59 @@ _CHOICES = {
 }
 
 
-def _validate(cfg: CfgNode) -> None:
+# key -> (lowest, highest) allowed value, None for no bound; lists are checked element by element
+_RANGES = {
+    "TRAIN.BATCH_SIZE": (1, None),
+    "TRAIN.GRAD_ACCUM_STEPS": (1, None),
+    "TRAIN.EVAL_PERIOD": (1, None),
+    "TRAIN.CHECKPOINT_PERIOD": (1, None),
+    "TRAIN.MAX_NONFINITE_STEPS": (1, None),
+    "TRAIN.EMA_DECAY": (0.0, 1.0),
+    "TEST.BATCH_SIZE": (1, None),
+    "TEST.NUM_ENSEMBLE_VIEWS": (1, None),
+    "MODEL.NUM_CLASSES": (1, None),
+    "MODEL.DROPOUT_RATE": (0.0, 1.0),
+    "MODEL.DROPPATH_RATE": (0.0, 1.0),
+    "DATA.NUM_FRAMES": (1, None),
+    "DATA.SAMPLING_RATE": (1, None),
+    "DATA.TARGET_FPS": (1, None),
+    "DATA.TRAIN_JITTER_SCALES": (1, None),
+    "DATA.TRAIN_CROP_SIZE": (1, None),
+    "DATA.TEST_CROP_SIZE": (1, None),
+    "DATA.MAX_FAILED_FRACTION": (0.0, 1.0),
+    "AUG.NUM_SAMPLE": (1, None),
+    "AUG.RE_PROB": (0.0, 1.0),
+    "MIXUP.PROB": (0.0, 1.0),
+    "MIXUP.SWITCH_PROB": (0.0, 1.0),
+    "MIXUP.LABEL_SMOOTH_VALUE": (0.0, 1.0),
+    "SOLVER.BASE_LR": (0.0, None),
+    "SOLVER.REFERENCE_BATCH": (1, None),
+    "SOLVER.MAX_EPOCH": (0, None),
+    "SOLVER.WARMUP_EPOCHS": (0.0, None),
+    "SOLVER.WEIGHT_DECAY": (0.0, None),
+    "SOLVER.CLIP_GRAD_L2NORM": (0.0, None),
+    "LOG_PERIOD": (1, None),
+    "DATA_LOADER.NUM_WORKERS": (0, None),
+}
+
+
+def _value(cfg: CfgNode, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def validate_cfg(cfg: CfgNode) -> None:
+    """Every value the keys in _CHOICES and _RANGES may take, checked once for files and overrides alike."""
     for key, choices in _CHOICES.items():
-        node = cfg
-        for part in key.split("."):
-            node = node[part]
-        if node not in choices:
-            raise ConfigError(f"{key} is {node!r}; expected one of {', '.join(map(str, choices))}")
+        value = _value(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"{key} is {value!r}; expected one of {', '.join(map(str, choices))}")
+    for key, (low, high) in _RANGES.items():
+        value = _value(cfg, key)
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if (low is not None and v < low) or (high is not None and v > high):
+                bounds = f">= {low}" if high is None else f"between {low} and {high}"
+                raise ConfigError(f"{key} is {value!r}; expected {bounds}")
     model_overrides(cfg)

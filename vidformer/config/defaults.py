@@ -81,6 +81,8 @@ _C.TEST.NUM_SPATIAL_CROPS = 1
 _C.TEST.ENSEMBLE_METHOD = "sum"
 # Save per-video scores and per-view logits to OUTPUT_DIR/test_scores.pt (`vidformer test --save-scores`).
 _C.TEST.SAVE_RESULTS = False
+# Test weights that fill less of the model than LoadReport.check_fit asks (`vidformer test --allow-partial`).
+_C.TEST.ALLOW_PARTIAL = False
 # Dataset split file the test reads ("test" reads test.csv; Kinetics users often point it at "val").
 _C.TEST.SPLIT = "val"
 # Adaptive views: a video's views run in order and stop once the mean of their softmax reaches this

@@ -93,7 +93,7 @@ def open_video(path: str, backend: str = "pyav") -> VideoReader:
     if os.path.isdir(path):
         raise DecodeError(path, "is a directory, not a video file")
     if not os.path.isfile(path):
-        raise DecodeError(path, "no such file")
+        raise DecodeError(path, "a directory, not a video file" if os.path.isdir(path) else "no such file")
     if os.path.getsize(path) == 0:
         raise DecodeError(path, "empty file")
     if path.lower().endswith(IMAGE_EXTENSIONS):

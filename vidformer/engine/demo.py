@@ -41,14 +41,14 @@ def demo_config(config_file: str | None, checkpoint: str | None, overrides: list
         return get_cfg(path, overrides)
 
 
-def load_demo_model(cfg: CfgNode, checkpoint: str | None) -> nn.Module:
+def load_demo_model(cfg: CfgNode, checkpoint: str | None, *, allow_partial: bool = False) -> nn.Module:
     from vidformer.checkpoint import load_pretrained
 
     model = build_model(cfg)
     source = checkpoint or cfg.TEST.CHECKPOINT_FILE_PATH
     if not source:
         raise UsageError("demo needs weights: --checkpoint FILE or TEST.CHECKPOINT_FILE_PATH in the config")
-    load_pretrained(model, source, strict=False)
+    load_pretrained(model, source, strict=False).check_fit(allow_partial)
     return model.eval()
 
 
@@ -73,6 +73,8 @@ def predict_video(model: nn.Module, cfg: CfgNode, path: str, *, topk: int = 5, w
     windows > 0 (that many evenly spaced clips, one centre crop each, first at the start, last at the end)."""
     from vidformer.data import load_video_views
 
+    if os.path.isdir(path):
+        raise UsageError(f"video '{path}' is a directory; expected a video file")
     if not os.path.isfile(path):
         raise UsageError(f"video '{path}' does not exist")
     names = label_names(cfg)

@@ -408,6 +408,7 @@ def run_test(cfg: CfgNode, *, model: nn.Module | None = None, env: du.DistEnv | 
         model = build_model(cfg)
         report = load_pretrained(model, source, strict=False)
         logger.info(f"testing {source}\n{report}")
+        report.check_fit(cfg.TEST.ALLOW_PARTIAL)
     model = model.to(device).eval()
     total = None
     if iter_videos is None:

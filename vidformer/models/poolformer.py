@@ -201,7 +201,9 @@ class PoolFormer(VideoModel):
         self.pretrained_cfg.extra.setdefault("options", {})["head_norm"] = _check_head_norm(mode)
         if mode == self.head_norm:
             return
-        new = _head_norm_layer(mode, self.num_features)
+        # on the old norm's device and dtype, so a model moved with .double() / .cuda() still loads
+        weight = self.norm.weight
+        new = _head_norm_layer(mode, self.num_features).to(device=weight.device, dtype=weight.dtype)
         new.load_state_dict(self.norm.state_dict())
         self.norm, self.head_norm = new, mode
 
