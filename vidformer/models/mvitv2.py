@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vidformer.layers import CubePatchEmbed, DropPath, Mlp, SpaceTimeConv, attention, drop_path_rates, triple
+from vidformer.layers import (CubePatchEmbed, DropPath, Mlp, SpaceTimeConv, drop_path_rates,
+                              factored_bias_attention, triple)
 from vidformer.models.base import CheckpointLayout, PretrainedCfg, VideoModel
 from vidformer.models.registry import register_model
 
@@ -80,11 +81,9 @@ def _rel_pos_table(table: torch.Tensor, q_len: int, k_len: int) -> torch.Tensor:
     qi = torch.arange(q_len, device=table.device, dtype=torch.float32)
     kj = torch.arange(k_len, device=table.device, dtype=torch.float32)
     dist = (qi[:, None] * q_ratio - (kj[None, :] + (1.0 - k_len)) * k_ratio).long()
-    if torch.jit.is_tracing():  # FLOP counting: a lookup, as the papers count it
-        return table.index_select(0, dist.flatten()).view(q_len, k_len, -1)
-    # a one-hot matmul, not indexing: the backward of index_select/indexing is a scatter-add that is
-    # orders of magnitude slower on CPU than this small matmul's
-    return (F.one_hot(dist.flatten(), rows).to(table.dtype) @ table).view(q_len, k_len, -1)
+    # an embedding lookup (a gather, no FLOPs, as the papers count it); its CPU backward is as fast as a
+    # one-hot matmul's
+    return F.embedding(dist, table)
 
 
 def rel_pos_terms(q: torch.Tensor, q_grid: Grid, k_grid: Grid, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
@@ -215,20 +214,12 @@ class MultiScaleAttention(nn.Module):
         q, q_grid = self._pool(q, self.pool_q, self.norm_q, grid)
         k, k_grid = self._pool(k, self.pool_k, self.norm_k, grid)
         v, _ = self._pool(v, self.pool_v, self.norm_v, grid)
-        if torch.jit.is_tracing():  # FLOP counting sees the papers' arithmetic: QK^T over d, E as a bias
-            bias = rel_pos_bias(q, q_grid, k_grid, self.rel_pos_h, self.rel_pos_w, self.rel_pos_t, self.num_prefix)
-            out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), bias).transpose(1, 2)
-            return self._residual_and_proj(out, q, b), q_grid
-        # fold the rel-pos bias into the matmul: [q * scale | q.R] . [k | one-hot key positions]^T (v zero-padded)
+        # the rel-pos bias folded into the attention matmul (vidformer::factored_bias_attention)
         terms = rel_pos_terms(q, q_grid, k_grid, self.rel_pos_h, self.rel_pos_w, self.rel_pos_t, self.num_prefix)
         keys = key_position_indicators(k_grid, self.num_prefix, self.rel_pos_t is not None, k)
-        extra = keys.shape[1]
-        q_aug = torch.cat([q * self.head_dim ** -0.5, terms], dim=-1)  # (B, Lq, heads, d + extra)
-        k_aug = torch.cat([k, keys[None, :, None].expand(b, -1, self.num_heads, -1)], dim=-1)
-        v_aug = F.pad(v, (0, extra))
-        out = attention(q_aug.transpose(1, 2), k_aug.transpose(1, 2), v_aug.transpose(1, 2), scale=1.0)
-        out = out[..., :self.head_dim].transpose(1, 2)  # (B, Lq, heads, d)
-        return self._residual_and_proj(out, q, b), q_grid
+        out = factored_bias_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), terms.transpose(1, 2),
+                                      keys)
+        return self._residual_and_proj(out.transpose(1, 2), q, b), q_grid  # out: (B, Lq, heads, d)
 
     def _residual_and_proj(self, out: torch.Tensor, q: torch.Tensor, b: int) -> torch.Tensor:
         if self.residual_pooling:
