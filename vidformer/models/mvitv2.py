@@ -139,6 +139,11 @@ def rel_pos_bias(q: torch.Tensor, q_grid: Grid, k_grid: Grid, rel_pos_h: torch.T
     return F.pad(grid.flatten(3), (p, 0))  # prefix keys get no bias
 
 
+# pooling inputs (elements) from which training pools per temporal tap: measured on CPU (bench), a single
+# conv3d's backward wins below about this size and loses several times over at mvitv2_s's first stages
+_PER_TAP_MIN_NUMEL = 500_000
+
+
 class MultiScaleAttention(nn.Module):
     """Pooling attention (MViTv2 Sec. 3): qkv projection, depthwise-conv pooling of Q/K/V, rel-pos, residual Q.
 
@@ -173,15 +178,31 @@ class MultiScaleAttention(nn.Module):
         """(B, P + N, heads, d) -> (B, P + N', heads, d), pooled over the (T, H, W) grid, then normed.
 
         Heads go into the channel axis with the shared kernel repeated per head, so the grid is read in
-        place as channels-last frames. The depthwise 3-D conv runs as one 2-D depthwise conv per temporal
-        tap, summed over the shifted frames: the same arithmetic, but torch's CPU backward of a depthwise
-        conv3d is over ten times slower than that of conv2d.
+        place as channels-last frames. Training on large grids runs the depthwise 3-D conv as one 2-D
+        depthwise conv per temporal tap, summed over the shifted frames: the same arithmetic, but torch's
+        CPU backward of a depthwise conv3d is several times slower than conv2d's there. Elsewhere (no
+        gradient, or small grids, where one kernel call beats three) it is one conv3d.
         """
         b, _, n, d = z.shape
         p, c = self.num_prefix, n * d
         t, h, w = grid
         frames = z[:, p:].reshape(b, t, h, w, c)
         weight = conv.weight if conv.weight.ndim == 5 else conv.weight.unsqueeze(2)  # (d, 1, kt, kh, kw)
+        if torch.is_grad_enabled() and z.requires_grad and frames.numel() >= _PER_TAP_MIN_NUMEL:
+            out = self._conv_per_tap(frames, conv, weight, n)
+        else:
+            out = F.conv3d(frames.permute(0, 4, 1, 2, 3), weight.repeat(n, 1, 1, 1, 1), None, conv.stride,
+                           conv.padding, 1, c).transpose(1, 2)  # (B, T', C, H', W'), channels-last
+        new_grid = (out.shape[1], *out.shape[3:])
+        out = out.permute(0, 1, 3, 4, 2).reshape(b, -1, n, d)  # (B, N', heads, d)
+        if p:
+            out = torch.cat([z[:, :p], out], dim=1)
+        return norm(out), new_grid
+
+    @staticmethod
+    def _conv_per_tap(frames: torch.Tensor, conv: SpaceTimeConv, weight: torch.Tensor, n: int) -> torch.Tensor:
+        """(B, T, H, W, C) -> (B, T', C, H', W'): the depthwise conv3d as a sum of one conv2d per temporal tap."""
+        b, t, h, w, c = frames.shape
         kt, st, pt = conv.kernel_size[0], conv.stride[0], conv.padding[0]
         t_out = (t + 2 * pt - kt) // st + 1
         out = None
@@ -200,11 +221,7 @@ class MultiScaleAttention(nn.Module):
                 if out is None:
                     out = y.new_zeros(b, t_out, *y.shape[2:])
                 out[:, lo:hi] += y
-        new_grid = (t_out, *out.shape[3:])
-        out = out.permute(0, 1, 3, 4, 2).reshape(b, -1, n, d)  # (B, N', heads, d)
-        if p:
-            out = torch.cat([z[:, :p], out], dim=1)
-        return norm(out), new_grid
+        return out
 
     def forward(self, x: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, Grid]:
         b, length, _ = x.shape
