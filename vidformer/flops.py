@@ -2,7 +2,9 @@
 
 fvcore counts convolutions, linear layers, matmul/einsum/bmm and norms; vidformer adds the fused
 attention op (scaled_dot_product_attention: the QK^T and AV products), so attention is counted the
-same whether a model runs it fused or explicitly.
+same whether a model runs it fused or explicitly, and `vidformer::factored_bias_attention` (MViTv2's
+rel-pos bias folded into that matmul) as the papers count it: QK^T and AV over the head width, the bias
+an addition (its q.R products are matmuls outside the op, counted as such).
 """
 
 import logging
@@ -49,6 +51,7 @@ class FlopReport:
 def _analysis(model: nn.Module, inputs: torch.Tensor) -> FlopCountAnalysis:
     analysis = FlopCountAnalysis(model, inputs)
     analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_flop)
+    analysis.set_op_handle("vidformer::factored_bias_attention", _sdpa_flop)
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     # fvcore logs every op it skips (elementwise adds, softmax): cost-free and not counted by the papers
     logging.getLogger("fvcore.nn.jit_analysis").setLevel(logging.ERROR)

@@ -3,6 +3,11 @@
 Every family's attention goes through `attention()` so that precision policy lives in one place:
 inside `attention_in_fp32()` the softmax and both matmuls run in float32 even under autocast
 (TRAIN.ATTENTION_FP32), which is what keeps bf16/fp16 training of long token sequences stable.
+
+`factored_bias_attention()` is attention with a low-rank additive bias (MViTv2's decomposed rel-pos),
+folded into the QK^T matmul. It is one registered op, `vidformer::factored_bias_attention`, whose kernel
+is plain torch (CompositeImplicitAutograd: autograd, torch.compile and torch.export see its ops), so that
+a trace records it as one node and FLOP counting (vidformer/flops.py) counts the path that runs.
 """
 
 import contextlib
@@ -82,3 +87,29 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     if bias is not None and bias.dtype != q.dtype:
         bias = bias.to(q.dtype)
     return _sdpa(q, k, v, bias, scale)
+
+
+torch.library.define("vidformer::factored_bias_attention",
+                     "(Tensor q, Tensor k, Tensor v, Tensor q_terms, Tensor key_terms) -> Tensor")
+
+
+@torch.library.impl("vidformer::factored_bias_attention", "CompositeImplicitAutograd")
+def _factored_bias_attention(q, k, v, q_terms, key_terms):
+    # [q * scale | q_terms] . [k | key_terms]^T = scale q.k + bias; v is zero-padded to the same width
+    b, heads, _, d = q.shape
+    extra = key_terms.shape[-1]
+    q_aug = torch.cat([q * d ** -0.5, q_terms], dim=-1)  # (B, heads, Nq, d + extra)
+    k_aug = torch.cat([k, key_terms.expand(b, heads, -1, -1)], dim=-1)
+    out = attention(q_aug, k_aug, F.pad(v, (0, extra)), scale=1.0)
+    return out[..., :d]
+
+
+def factored_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_terms: torch.Tensor,
+                            key_terms: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T * d ** -0.5 + q_terms key_terms^T) v, the (Nq, Nk) bias never built.
+
+    q (B, heads, Nq, d), k/v (B, heads, Nk, d), q_terms (B, heads, Nq, e), key_terms (Nk, e) (or anything that
+    broadcasts to (B, heads, Nk, e)). Appending the terms to q and k makes the bias part of the QK^T
+    matmul, so SDPA keeps its fused kernels in forward and backward.
+    """
+    return torch.ops.vidformer.factored_bias_attention(q, k, v, q_terms, key_terms)

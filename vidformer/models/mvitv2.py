@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vidformer.layers import CubePatchEmbed, DropPath, Mlp, SpaceTimeConv, attention, drop_path_rates, triple
+from vidformer.layers import (CubePatchEmbed, DropPath, Mlp, SpaceTimeConv, drop_path_rates,
+                              factored_bias_attention, triple)
 from vidformer.models.base import CheckpointLayout, PretrainedCfg, VideoModel
 from vidformer.models.registry import register_model
 
@@ -80,11 +81,9 @@ def _rel_pos_table(table: torch.Tensor, q_len: int, k_len: int) -> torch.Tensor:
     qi = torch.arange(q_len, device=table.device, dtype=torch.float32)
     kj = torch.arange(k_len, device=table.device, dtype=torch.float32)
     dist = (qi[:, None] * q_ratio - (kj[None, :] + (1.0 - k_len)) * k_ratio).long()
-    if torch.jit.is_tracing():  # FLOP counting: a lookup, as the papers count it
-        return table.index_select(0, dist.flatten()).view(q_len, k_len, -1)
-    # a one-hot matmul, not indexing: the backward of index_select/indexing is a scatter-add that is
-    # orders of magnitude slower on CPU than this small matmul's
-    return (F.one_hot(dist.flatten(), rows).to(table.dtype) @ table).view(q_len, k_len, -1)
+    # an embedding lookup (a gather, no FLOPs, as the papers count it); its CPU backward is as fast as a
+    # one-hot matmul's
+    return F.embedding(dist, table)
 
 
 def rel_pos_terms(q: torch.Tensor, q_grid: Grid, k_grid: Grid, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
@@ -140,6 +139,11 @@ def rel_pos_bias(q: torch.Tensor, q_grid: Grid, k_grid: Grid, rel_pos_h: torch.T
     return F.pad(grid.flatten(3), (p, 0))  # prefix keys get no bias
 
 
+# pooling inputs (elements) from which training pools per temporal tap: measured on CPU (bench), a single
+# conv3d's backward wins below about this size and loses several times over at mvitv2_s's first stages
+_PER_TAP_MIN_NUMEL = 500_000
+
+
 class MultiScaleAttention(nn.Module):
     """Pooling attention (MViTv2 Sec. 3): qkv projection, depthwise-conv pooling of Q/K/V, rel-pos, residual Q.
 
@@ -174,15 +178,31 @@ class MultiScaleAttention(nn.Module):
         """(B, P + N, heads, d) -> (B, P + N', heads, d), pooled over the (T, H, W) grid, then normed.
 
         Heads go into the channel axis with the shared kernel repeated per head, so the grid is read in
-        place as channels-last frames. The depthwise 3-D conv runs as one 2-D depthwise conv per temporal
-        tap, summed over the shifted frames: the same arithmetic, but torch's CPU backward of a depthwise
-        conv3d is over ten times slower than that of conv2d.
+        place as channels-last frames. Training on large grids runs the depthwise 3-D conv as one 2-D
+        depthwise conv per temporal tap, summed over the shifted frames: the same arithmetic, but torch's
+        CPU backward of a depthwise conv3d is several times slower than conv2d's there. Elsewhere (no
+        gradient, or small grids, where one kernel call beats three) it is one conv3d.
         """
         b, _, n, d = z.shape
         p, c = self.num_prefix, n * d
         t, h, w = grid
         frames = z[:, p:].reshape(b, t, h, w, c)
         weight = conv.weight if conv.weight.ndim == 5 else conv.weight.unsqueeze(2)  # (d, 1, kt, kh, kw)
+        if torch.is_grad_enabled() and z.requires_grad and frames.numel() >= _PER_TAP_MIN_NUMEL:
+            out = self._conv_per_tap(frames, conv, weight, n)
+        else:
+            out = F.conv3d(frames.permute(0, 4, 1, 2, 3), weight.repeat(n, 1, 1, 1, 1), None, conv.stride,
+                           conv.padding, 1, c).transpose(1, 2)  # (B, T', C, H', W'), channels-last
+        new_grid = (out.shape[1], *out.shape[3:])
+        out = out.permute(0, 1, 3, 4, 2).reshape(b, -1, n, d)  # (B, N', heads, d)
+        if p:
+            out = torch.cat([z[:, :p], out], dim=1)
+        return norm(out), new_grid
+
+    @staticmethod
+    def _conv_per_tap(frames: torch.Tensor, conv: SpaceTimeConv, weight: torch.Tensor, n: int) -> torch.Tensor:
+        """(B, T, H, W, C) -> (B, T', C, H', W'): the depthwise conv3d as a sum of one conv2d per temporal tap."""
+        b, t, h, w, c = frames.shape
         kt, st, pt = conv.kernel_size[0], conv.stride[0], conv.padding[0]
         t_out = (t + 2 * pt - kt) // st + 1
         out = None
@@ -201,11 +221,7 @@ class MultiScaleAttention(nn.Module):
                 if out is None:
                     out = y.new_zeros(b, t_out, *y.shape[2:])
                 out[:, lo:hi] += y
-        new_grid = (t_out, *out.shape[3:])
-        out = out.permute(0, 1, 3, 4, 2).reshape(b, -1, n, d)  # (B, N', heads, d)
-        if p:
-            out = torch.cat([z[:, :p], out], dim=1)
-        return norm(out), new_grid
+        return out
 
     def forward(self, x: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, Grid]:
         b, length, _ = x.shape
@@ -215,20 +231,12 @@ class MultiScaleAttention(nn.Module):
         q, q_grid = self._pool(q, self.pool_q, self.norm_q, grid)
         k, k_grid = self._pool(k, self.pool_k, self.norm_k, grid)
         v, _ = self._pool(v, self.pool_v, self.norm_v, grid)
-        if torch.jit.is_tracing():  # FLOP counting sees the papers' arithmetic: QK^T over d, E as a bias
-            bias = rel_pos_bias(q, q_grid, k_grid, self.rel_pos_h, self.rel_pos_w, self.rel_pos_t, self.num_prefix)
-            out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), bias).transpose(1, 2)
-            return self._residual_and_proj(out, q, b), q_grid
-        # fold the rel-pos bias into the matmul: [q * scale | q.R] . [k | one-hot key positions]^T (v zero-padded)
+        # the rel-pos bias folded into the attention matmul (vidformer::factored_bias_attention)
         terms = rel_pos_terms(q, q_grid, k_grid, self.rel_pos_h, self.rel_pos_w, self.rel_pos_t, self.num_prefix)
         keys = key_position_indicators(k_grid, self.num_prefix, self.rel_pos_t is not None, k)
-        extra = keys.shape[1]
-        q_aug = torch.cat([q * self.head_dim ** -0.5, terms], dim=-1)  # (B, Lq, heads, d + extra)
-        k_aug = torch.cat([k, keys[None, :, None].expand(b, -1, self.num_heads, -1)], dim=-1)
-        v_aug = F.pad(v, (0, extra))
-        out = attention(q_aug.transpose(1, 2), k_aug.transpose(1, 2), v_aug.transpose(1, 2), scale=1.0)
-        out = out[..., :self.head_dim].transpose(1, 2)  # (B, Lq, heads, d)
-        return self._residual_and_proj(out, q, b), q_grid
+        out = factored_bias_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), terms.transpose(1, 2),
+                                      keys)
+        return self._residual_and_proj(out.transpose(1, 2), q, b), q_grid  # out: (B, Lq, heads, d)
 
     def _residual_and_proj(self, out: torch.Tensor, q: torch.Tensor, b: int) -> torch.Tensor:
         if self.residual_pooling:
