@@ -73,6 +73,26 @@ def _atomic(out: str, write) -> None:
         raise
 
 
+def _dims(multiple: int | None) -> dict:
+    dims = {0: Dim("batch", min=1, max=4096)}
+    if multiple:
+        dims[2] = multiple * Dim("clip_units", min=1, max=4096 // multiple)
+    return dims
+
+
+def _export(model: nn.Module, x: torch.Tensor, multiple: int | None, longer: torch.Tensor):
+    """The ExportedProgram with a dynamic batch and, when `multiple` is given and the graph traced at x's clip
+    length also runs a twice as long clip, a dynamic clip length; else the clip length of x."""
+    if multiple:
+        program = torch.export.export(model, (x,), dynamic_shapes={"x": _dims(multiple)})
+        try:
+            program.module()(longer[:, :, :x.shape[2] + multiple])
+            return program, multiple
+        except (AssertionError, RuntimeError):  # a shape guard: the graph took a branch that holds only at this T
+            pass
+    return torch.export.export(model, (x,), dynamic_shapes={"x": _dims(None)}), None
+
+
 @torch.no_grad()
 def export_model(model: nn.Module, out: str, *, num_frames: int, img_size: int, batch: int = 2,
                  atol: float = 1e-4) -> dict:
@@ -82,26 +102,28 @@ def export_model(model: nn.Module, out: str, *, num_frames: int, img_size: int, 
     model = model.eval()
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, num_frames, img_size, img_size, generator=gen)
-    multiple = _frame_multiple(model, num_frames)
-    dims = {0: Dim("batch", min=1, max=4096)}
-    if multiple:
-        dims[2] = multiple * Dim("clip_units", min=1, max=max(4096 // multiple, num_frames // multiple))
-    program = torch.export.export(model, (x,), dynamic_shapes={"x": dims})
+    longer = torch.randn(1, 3, 2 * num_frames, img_size, img_size, generator=gen)
+    program, multiple = _export(model, x, _frame_multiple(model, num_frames), longer)
     checks = [x, torch.randn(batch + 1, 3, num_frames, img_size, img_size, generator=gen)]
     if multiple:
-        checks.append(torch.randn(1, 3, 2 * num_frames, img_size, img_size, generator=gen))
+        checks.append(longer)
     expected = [model(c) for c in checks]
     summary = {"output": out, "format": ext[1:], "input": ["batch", 3, "frames" if multiple else num_frames,
                                                            img_size, img_size],
                "dynamic": ["batch"] + (["frames"] if multiple else []),
                "frames_multiple_of": multiple, "checked_shapes": [list(c.shape) for c in checks]}
+    module = program.module()
     if ext == ".pt2":
-        got = [program.module()(c) for c in checks]
+        got = [module(c) for c in checks]
         _atomic(out, lambda path: torch.export.save(program, path))
         summary["max_abs_diff"] = _check(got, expected, atol, "the ExportedProgram")
         return summary
-    _atomic(out, lambda path: torch.onnx.export(program, (x,), path, verbose=False))
-    summary["max_abs_diff_exported_program"] = _check([program.module()(c) for c in checks], expected, atol,
+    try:
+        _atomic(out, lambda path: torch.onnx.export(program, (x,), path, verbose=False))
+    except Exception as e:  # torch's converter, not the user's input: name the model and the first line
+        raise RuntimeError(f"torch.onnx could not convert {type(model).__name__} "
+                           f"({type(e).__name__}: {_first_line(e)}); its .pt2 export works") from e
+    summary["max_abs_diff_exported_program"] = _check([module(c) for c in checks], expected, atol,
                                                       "the ExportedProgram behind the ONNX file")
     if importlib.util.find_spec("onnxruntime") is not None:
         import onnxruntime
@@ -114,6 +136,12 @@ def export_model(model: nn.Module, out: str, *, num_frames: int, img_size: int, 
         summary["max_abs_diff"] = None
         summary["note"] = "onnxruntime is not installed: the ONNX file itself was not run"
     return summary
+
+
+def _first_line(e: Exception) -> str:
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    summary = next((line for line in lines if "Cannot" in line or "Error" in line), lines[0] if lines else "")
+    return summary.strip()[:300]
 
 
 def _check(got: list[torch.Tensor], expected: list[torch.Tensor], atol: float, what: str) -> float:
