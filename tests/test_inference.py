@@ -18,9 +18,11 @@ from vidformer.cli import main
 from vidformer.config import get_cfg
 from vidformer.data import make_synthetic_dataset
 from vidformer.engine.bench import QUICK_OVERRIDES
+from vidformer.engine import distributed as du
 from vidformer.engine.build import build_model
 from vidformer.engine.evaluator import aggregate_views
 from vidformer.engine.export import export_model
+from vidformer.engine.extract import run_extract
 from vidformer.errors import UsageError
 from vidformer.models import create_model
 from tests import toy  # noqa: F401  registers toy_video
@@ -161,6 +163,24 @@ def test_extract_writes_every_video_once_in_split_order_and_lists_failures(recog
     views = np.load(per_view / "features.npy")
     assert views.shape == (4, 2, 64)
     np.testing.assert_allclose(views.mean(1), feats, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_ranks_extract_every_video_once_in_order(video_ckpt, tmp_path, monkeypatch):
+    """Each rank extracts videos rank, rank + 2, ...; the gather (here handed rank 1's part by hand, as
+    torch.distributed would) puts them back in the split's order on rank 0, which alone writes."""
+    ckpt, config = video_ckpt
+    run_extract(get_cfg(config), ckpt, str(tmp_path / "one"))
+    parts = []
+    monkeypatch.setattr(du, "gather_objects", lambda obj: parts.append(obj) or [obj])
+    run_extract(get_cfg(config), ckpt, str(tmp_path / "rank1"), env=du.DistEnv(1, 2))
+    assert parts[0].index == [1, 3] and not (tmp_path / "rank1" / "features.npy").exists()
+    monkeypatch.setattr(du, "gather_objects", lambda obj: [obj, parts[0]])
+    two = run_extract(get_cfg(config), ckpt, str(tmp_path / "two"), env=du.DistEnv(0, 2))
+    assert two["num_videos"] == 4
+    assert (tmp_path / "two" / "videos.csv").read_text() == (tmp_path / "one" / "videos.csv").read_text()
+    np.testing.assert_allclose(np.load(tmp_path / "two" / "features.npy"), np.load(tmp_path / "one" / "features.npy"),
+                               atol=1e-6)
 
 
 def _tiny(name: str, frames: int = 4, **extra) -> torch.nn.Module:

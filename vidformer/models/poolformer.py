@@ -14,9 +14,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vidformer.errors import UsageError
-from vidformer.layers import (ConvMlp, CubePatchEmbed, DropPath, GroupNorm1, SpaceTimeConv, as_video, attention,
-                              drop_path_rates,
+from vidformer.layers import (ConvMlp, CubePatchEmbed, DropPath, GroupNorm1, SpaceTimeConv, attention, drop_path_rates,
                               init_linears, to_grid, to_tokens, trunc_normal_init)
+from vidformer.layers import as_video
 from vidformer.models.base import (CheckpointLayout, PretrainedCfg, StateDict, VideoModel, check_output_fmt,
                                    stage_indices)
 from vidformer.models.registry import register_model

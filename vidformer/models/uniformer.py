@@ -14,9 +14,9 @@ import torch.utils.checkpoint
 from torch import nn
 
 from vidformer.errors import UsageError
-from vidformer.layers import (ConvMlp, CubePatchEmbed, DropPath, LayerNormChannels, Mlp, SpaceTimeConv, as_video,
-                              attention,
+from vidformer.layers import (ConvMlp, CubePatchEmbed, DropPath, LayerNormChannels, Mlp, SpaceTimeConv, attention,
                               drop_path_rates, init_linears, to_grid, to_tokens)
+from vidformer.layers import as_video
 from vidformer.models.base import (CheckpointLayout, PretrainedCfg, StateDict, VideoModel, check_output_fmt,
                                    stage_indices)
 from vidformer.models.registry import register_model
