@@ -187,23 +187,66 @@ def _test(args: argparse.Namespace) -> int:
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("video", help="a video file")
+    p.add_argument("video", help="a video file (an image model, DATA.NUM_FRAMES 1, also takes a still image)")
     _config_args(p, required=False)
     p.add_argument("--checkpoint", default=None, help="weights (a vidformer checkpoint also carries its config)")
     p.add_argument("--topk", type=_positive_int, default=5, help="how many classes to print")
     p.add_argument("--windows", type=_nonnegative_int, default=0, metavar="N",
                    help="sliding-window mode: also print the top classes of N evenly spaced clips over the video")
+    p.add_argument("--device", default=None, help="cpu or cuda[:i] (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _allow_partial_arg(p)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from vidformer.engine.demo import demo_config, format_prediction, load_demo_model, predict_video
+    from vidformer.engine.demo import demo_recognizer, format_prediction, predict_video
 
-    cfg = demo_config(args.config, args.checkpoint, args.opts)
-    model = load_demo_model(cfg, args.checkpoint, allow_partial=args.allow_partial)
-    result = predict_video(model, cfg, args.video, topk=args.topk, windows=args.windows)
+    recognizer = demo_recognizer(args.config, args.checkpoint, args.opts, device=args.device,
+                                 allow_partial=args.allow_partial)
+    result = predict_video(recognizer, args.video, topk=args.topk, windows=args.windows)
     print(json.dumps(result) if args.json else format_prediction(result))
+    return 0
+
+
+def _extract_args(p: argparse.ArgumentParser) -> None:
+    _config_args(p)
+    p.add_argument("--checkpoint", required=True, help="weights to extract with")
+    p.add_argument("--output", required=True, metavar="DIR", help="folder for features.npy, videos.csv, extract.json")
+    p.add_argument("--per-view", action="store_true", help="keep every test view: features.npy is (N, V, D)")
+
+
+def _extract(args: argparse.Namespace) -> int:
+    from vidformer.config import get_cfg
+    from vidformer.engine import distributed
+    from vidformer.engine.extract import run_extract
+
+    cfg = get_cfg(args.config, args.opts)
+    env = distributed.init_distributed()
+    try:
+        summary = run_extract(cfg, args.checkpoint, args.output, per_view=args.per_view, env=env,
+                              allow_partial=getattr(args, "allow_partial", False))
+    finally:
+        distributed.shutdown()
+    if env.is_main:
+        print(json.dumps({k: summary[k] for k in ("num_videos", "shape", "views", "failed_videos")}))
+    return 0
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a vidformer checkpoint (training or `vidformer convert` file)")
+    p.add_argument("output", help="OUT.pt2 (torch.export) or OUT.onnx (needs pip install 'vidformer[export]')")
+    p.add_argument("--num-frames", type=int, default=None, help="clip length (default: the checkpoint's)")
+    p.add_argument("--img-size", type=int, default=None, help="crop size (default: the checkpoint's)")
+    _config_args(p, required=False)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from vidformer.engine.export import export_checkpoint
+
+    summary = export_checkpoint(args.checkpoint, args.output, num_frames=args.num_frames, img_size=args.img_size,
+                                config=args.config, overrides=args.opts,
+                                allow_partial=getattr(args, "allow_partial", False))
+    print(json.dumps(summary))
     return 0
 
 
@@ -335,6 +378,10 @@ VERBS = {
               _train_args, _train),
     "test": ("multi-view test of a checkpoint; writes OUTPUT_DIR/test_metrics.json", _test_args, _test),
     "demo": ("top classes of one video (optionally over sliding windows)", _demo_args, _demo),
+    "extract": ("pre-logits features of every video of TEST.SPLIT into DIR/features.npy and DIR/videos.csv",
+                _extract_args, _extract),
+    "export": ("export a checkpoint's model to .pt2 (torch.export) or .onnx, checked against the model",
+               _export_args, _export),
     "quickstart": ("train and test a small video model on synthetic data on a CPU (minutes)",
                    _quickstart_args, _quickstart),
     "flops": ("parameters (M) and GFLOPs per view of a registered model", _flops_args, _flops),

@@ -13,7 +13,7 @@ from fvcore.common.config import CfgNode
 from vidformer.config.defaults import get_defaults
 from vidformer.errors import ConfigError
 
-__all__ = ["get_cfg", "CfgNode", "ConfigError", "check_output_dir", "model_overrides", "validate_cfg"]
+__all__ = ["get_cfg", "cfg_from_yaml", "CfgNode", "ConfigError", "check_output_dir", "model_overrides", "validate_cfg"]
 
 
 def get_cfg(config_file: str | None = None, overrides: Sequence[str] = ()) -> CfgNode:
@@ -21,6 +21,24 @@ def get_cfg(config_file: str | None = None, overrides: Sequence[str] = ()) -> Cf
     cfg = get_defaults()
     if config_file:
         _merge_file(cfg, config_file)
+    if overrides:
+        _merge_overrides(cfg, list(overrides))
+    validate_cfg(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def cfg_from_yaml(text: str, overrides: Sequence[str] = (), where: str = "a saved config") -> CfgNode:
+    """Defaults, then the YAML `text` of a resolved config (what a checkpoint carries, no _BASE_), then
+    overrides; frozen. `where` names the text's origin in errors."""
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where} is not valid YAML: {e}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{where} is not a mapping of SECTION: {{KEY: VALUE}}")
+    cfg = get_defaults()
+    _merge_loaded(cfg, loaded, where)
     if overrides:
         _merge_overrides(cfg, list(overrides))
     validate_cfg(cfg)
@@ -68,12 +86,16 @@ def _merge_file(cfg: CfgNode, path: str) -> None:
         # fvcore reads an empty file (or a base file) as None
         raise ConfigError(f"config file '{path}' (or a file it inherits with _BASE_) is empty or not a "
                           f"mapping of SECTION: {{KEY: VALUE}}") from None
+    _merge_loaded(cfg, loaded, f"config file '{path}'")
+
+
+def _merge_loaded(cfg: CfgNode, loaded: dict, where: str) -> None:
     if isinstance(loaded.get("MODEL"), dict) and "OVERRIDES" in loaded["MODEL"]:
-        loaded["MODEL"]["OVERRIDES"] = _quoted_overrides(loaded["MODEL"]["OVERRIDES"], path)
+        loaded["MODEL"]["OVERRIDES"] = _quoted_overrides(loaded["MODEL"]["OVERRIDES"], where)
     try:
         cfg.merge_from_other_cfg(CfgNode(loaded))
     except (KeyError, ValueError) as e:
-        raise ConfigError(f"config file '{path}': {_explain(e)}") from None
+        raise ConfigError(f"{where}: {_explain(e)}") from None
 
 
 def _merge_overrides(cfg: CfgNode, overrides: list[str]) -> None:

@@ -102,3 +102,38 @@ class VideoModel(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
+
+    # --- inference and export ---------------------------------------------------------------------
+    # forward_intermediates(x, indices=None, norm=False, output_fmt="NCTHW", intermediates_only=False), timm's
+    # convention: the (B, C, T, H, W) map after each selected stage (indices: None = all, int n = the last n,
+    # a list = those, negatives from the end), and unless intermediates_only also the pooled features that
+    # forward_head takes: `feats, maps = model.forward_intermediates(x)`. norm=True applies the final norm
+    # to the last stage's map. Each family implements it over its own stages.
+
+    def export_frame_multiple(self) -> int | None:
+        """The clip lengths an exported graph of this model accepts are the multiples of this; None: only the
+        length it was built for (the graph depends on T). vidformer export reads it."""
+        return None
+
+
+def stage_indices(num_stages: int, indices=None) -> list[int]:
+    """timm's feature indices: None = every stage, an int n = the last n, a sequence = those (negative from
+    the end); returned ascending and absolute."""
+    if indices is None:
+        indices = num_stages
+    if isinstance(indices, int):
+        if not 0 < indices <= num_stages:
+            raise ValueError(f"indices={indices}: the last n stages need 1 <= n <= {num_stages}")
+        return list(range(num_stages - indices, num_stages))
+    out = []
+    for i in indices:
+        j = num_stages + i if i < 0 else i
+        if not 0 <= j < num_stages:
+            raise ValueError(f"stage index {i} is out of range for {num_stages} stages")
+        out.append(j)
+    return sorted(set(out))
+
+
+def check_output_fmt(output_fmt: str) -> None:
+    if output_fmt != "NCTHW":
+        raise ValueError(f"output_fmt must be 'NCTHW' (video maps (B, C, T, H, W)), got {output_fmt!r}")

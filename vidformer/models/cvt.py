@@ -23,11 +23,12 @@ import torch.utils.checkpoint
 from torch import nn
 
 from vidformer.layers import (
-    CubePatchEmbed, DropPath, LayerNormChannels, Mlp, SpaceTimeConv, attention, drop_path_rates, init_linears, to_grid,
-    to_tokens,
+    CubePatchEmbed, DropPath, LayerNormChannels, Mlp, SpaceTimeConv, as_video, attention, drop_path_rates, init_linears,
+    to_grid, to_tokens,
 )
 from vidformer.errors import UsageError
-from vidformer.models.base import CheckpointLayout, PretrainedCfg, StateDict, VideoModel
+from vidformer.models.base import (CheckpointLayout, PretrainedCfg, StateDict, VideoModel, check_output_fmt,
+                                   stage_indices)
 from vidformer.models.registry import register_model
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -256,6 +257,23 @@ class CvT(VideoModel):
     def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         feats = self.head_drop(feats)
         return feats if pre_logits else self.head(feats)
+
+    # multi-scale features for downstream heads (timm's forward_intermediates; see models/base.py)
+    def forward_intermediates(self, x: torch.Tensor, indices=None, norm: bool = False, output_fmt: str = "NCTHW",
+                              intermediates_only: bool = False):
+        """(B, C_i, T', H_i, W_i) token maps after each selected stage (cls token left out) and, unless
+        intermediates_only, the normed cls token forward_features returns."""
+        check_output_fmt(output_fmt)
+        last = len(self.stages) - 1
+        take = stage_indices(len(self.stages), indices)
+        x, cls, maps = as_video(x), None, []
+        for i, stage in enumerate(self.stages[:take[-1] + 1] if intermediates_only else self.stages):
+            x, cls = stage(x, self.grad_checkpointing)
+            if i in take:
+                maps.append(self.norm(x.movedim(1, -1)).movedim(-1, 1) if norm and i == last else x)
+        if intermediates_only:
+            return maps
+        return self.norm(cls[:, 0]), maps
 
     def no_weight_decay(self) -> set[str]:
         # the official recipe exempts cls tokens (norms and biases are 1-D, exempt anyway)

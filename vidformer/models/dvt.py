@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vidformer.layers import CubePatchEmbed, DropPath, Mlp, as_video, attention, drop_path_rates, to_tokens, triple
-from vidformer.models.base import CheckpointLayout, PretrainedCfg, VideoModel
+from vidformer.models.base import CheckpointLayout, PretrainedCfg, VideoModel, check_output_fmt, stage_indices
 from vidformer.models.registry import register_model
 
 Grid = tuple[int, int, int]
@@ -297,6 +297,24 @@ class DynamicVisionTransformer(VideoModel):
         e = self.exits[-1]
         feats = e.head_drop(feats)
         return feats if pre_logits else e.head(feats)
+
+    # multi-scale features for downstream heads (timm's forward_intermediates; see models/base.py). The
+    # "stages" of the cascade are its exits: token grids from coarse to fine over the same clip.
+    def forward_intermediates(self, x: torch.Tensor, indices=None, norm: bool = False, output_fmt: str = "NCTHW",
+                              intermediates_only: bool = False):
+        """(B, D, t_k, h_k, w_k) last-block token maps of each selected exit (class token left out) and, unless
+        intermediates_only, the final exit's pooled features forward_features returns."""
+        check_output_fmt(output_fmt)
+        take = stage_indices(self.num_exits, indices)
+        x, state, maps = as_video(x), None, []
+        for k in range(take[-1] + 1 if intermediates_only else self.num_exits):
+            feats, state = self._run_exit(k, x, state)
+            if k in take:
+                tokens = self.exits[k].norm(state.tokens) if norm and k == self.num_exits - 1 else state.tokens
+                maps.append(tokens[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, *state.grid))
+        if intermediates_only:
+            return maps
+        return feats, maps
 
     @torch.no_grad()
     def forward_early_exit(self, x: torch.Tensor, thresholds) -> tuple[torch.Tensor, torch.Tensor]:

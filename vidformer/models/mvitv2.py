@@ -6,6 +6,7 @@ timm (7x7/4 patchify, 2-D pooling, h/w tables only, mean pooling) from the same 
 PySlowFast, torchvision `mvit_v2_s`, facebookresearch/mvit and timm `mvitv2_*` convert to this layout.
 """
 
+import itertools
 import re
 from dataclasses import dataclass
 
@@ -14,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vidformer.layers import (CubePatchEmbed, DropPath, Mlp, SpaceTimeConv, drop_path_rates,
-                              factored_bias_attention, triple)
-from vidformer.models.base import CheckpointLayout, PretrainedCfg, VideoModel
+from vidformer.layers import (CubePatchEmbed, DropPath, Mlp, SpaceTimeConv, as_video, drop_path_rates,
+                              factored_bias_attention, to_grid, triple)
+from vidformer.models.base import CheckpointLayout, PretrainedCfg, VideoModel, check_output_fmt, stage_indices
 from vidformer.models.registry import register_model
 
 Grid = tuple[int, int, int]
@@ -361,6 +362,31 @@ class MViTv2(VideoModel):
 
     def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return feats if pre_logits else self.head(self.head_drop(feats))
+
+    # multi-scale features for downstream heads (timm's forward_intermediates; see models/base.py)
+    def forward_intermediates(self, x: torch.Tensor, indices=None, norm: bool = False, output_fmt: str = "NCTHW",
+                              intermediates_only: bool = False):
+        """(B, C_s, T', H_s, W_s) token maps after each selected stage (cls token left out) and, unless
+        intermediates_only, the pooled features forward_features returns."""
+        check_output_fmt(output_fmt)
+        ends = list(itertools.accumulate(self.depths))  # blocks run after each stage
+        take = stage_indices(len(ends), indices)
+        x = self.patch_embed(as_video(x))
+        grid = tuple(x.shape[2:])
+        x = x.flatten(2).transpose(1, 2)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        maps = []
+        for i, block in enumerate(self.blocks[:ends[take[-1]]] if intermediates_only else self.blocks):
+            x, grid = block(x, grid)
+            stage = ends.index(i + 1) if i + 1 in ends else None
+            if stage in take:
+                tokens = self.norm(x) if norm and stage == len(ends) - 1 else x
+                maps.append(to_grid(tokens[:, self.num_prefix:], grid))
+        if intermediates_only:
+            return maps
+        x = self.norm(x)
+        return (x[:, self.num_prefix:].mean(1) if self.mean_pooling else x[:, 0]), maps
 
 
 # --------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ clips (3x3x3 pooling, a temporal kernel and stride in the patch embeddings). Che
 the official sail-sg/poolformer release and timm's `poolformer_*` (v1) in timm/models/metaformer.py.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +16,9 @@ from torch.utils.checkpoint import checkpoint
 from vidformer.errors import UsageError
 from vidformer.layers import (ConvMlp, CubePatchEmbed, DropPath, GroupNorm1, SpaceTimeConv, attention, drop_path_rates,
                               init_linears, to_grid, to_tokens, trunc_normal_init)
-from vidformer.models.base import CheckpointLayout, PretrainedCfg, StateDict, VideoModel
+from vidformer.layers import as_video
+from vidformer.models.base import (CheckpointLayout, PretrainedCfg, StateDict, VideoModel, check_output_fmt,
+                                   stage_indices)
 from vidformer.models.registry import register_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -229,6 +232,35 @@ class PoolFormer(VideoModel):
     def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         feats = self.head_drop(feats)
         return feats if pre_logits else self.head(feats)
+
+    # multi-scale features for downstream heads (timm's forward_intermediates; see models/base.py)
+    def forward_intermediates(self, x: torch.Tensor, indices=None, norm: bool = False, output_fmt: str = "NCTHW",
+                              intermediates_only: bool = False):
+        """(B, D_i, T_i, H / 2^(i+2), W / 2^(i+2)) after each selected stage and, unless intermediates_only,
+        the pooled features forward_features returns."""
+        check_output_fmt(output_fmt)
+        last = len(self.stages) - 1
+        take = stage_indices(len(self.stages), indices)
+        x, maps = self.stem(as_video(x)), []
+        for i, stage in enumerate(self.stages[:take[-1] + 1] if intermediates_only else self.stages):
+            x = stage.downsample(x)
+            for block in stage.blocks:
+                x = checkpoint(block, x, use_reentrant=False) if self.grad_checkpointing and torch.is_grad_enabled() \
+                    else block(x)
+            if i in take:
+                maps.append(self._normed_map(x) if norm and i == last else x)
+        if intermediates_only:
+            return maps
+        feats = self.norm(x).mean((2, 3, 4)) if self.head_norm == "pre_pool" else self.norm(x.mean((2, 3, 4)))
+        return feats, maps
+
+    def _normed_map(self, x: torch.Tensor) -> torch.Tensor:
+        if self.head_norm == "pre_pool":
+            return self.norm(x)
+        return self.norm(x.movedim(1, -1)).movedim(-1, 1)  # timm's LayerNorm over channels, at every position
+
+    def export_frame_multiple(self) -> int | None:
+        return math.prod(cfg.stride_t for cfg in self.stage_cfgs)  # time is downsampled by the patch embeddings
 
     def no_weight_decay(self) -> set[str]:
         # layer scales and norms are 1-D and already exempt; PoolFormer has no position tables

@@ -16,7 +16,9 @@ from torch import nn
 from vidformer.errors import UsageError
 from vidformer.layers import (ConvMlp, CubePatchEmbed, DropPath, LayerNormChannels, Mlp, SpaceTimeConv, attention,
                               drop_path_rates, init_linears, to_grid, to_tokens)
-from vidformer.models.base import CheckpointLayout, PretrainedCfg, StateDict, VideoModel
+from vidformer.layers import as_video
+from vidformer.models.base import (CheckpointLayout, PretrainedCfg, StateDict, VideoModel, check_output_fmt,
+                                   stage_indices)
 from vidformer.models.registry import register_model
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -170,6 +172,27 @@ class UniFormer(VideoModel):
 
     def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return feats if pre_logits else self.head(self.head_drop(feats))
+
+    # multi-scale features for downstream heads (timm's forward_intermediates; see models/base.py)
+    def forward_intermediates(self, x: torch.Tensor, indices=None, norm: bool = False, output_fmt: str = "NCTHW",
+                              intermediates_only: bool = False):
+        """(B, C_i, T', H / 2^(i+1), W / 2^(i+1)) after each selected stage and, unless intermediates_only,
+        the pooled features forward_features returns."""
+        check_output_fmt(output_fmt)
+        take = stage_indices(4, indices)
+        x, maps = as_video(x), []
+        for i in range(take[-1] + 1 if intermediates_only else 4):
+            x = getattr(self, f"patch_embed{i + 1}")(x)
+            for block in getattr(self, f"blocks{i + 1}"):
+                x = self._run_block(block, x)
+            if i in take:
+                maps.append(self.norm(x) if norm and i == 3 else x)
+        if intermediates_only:
+            return maps
+        return self.norm(x).mean(dim=(2, 3, 4)), maps
+
+    def export_frame_multiple(self) -> int | None:
+        return self.patch_embed1.proj.stride[0]  # time is downsampled once, in the stem
 
     def no_weight_decay(self) -> set[str]:
         # no position tables or tokens; norms and biases are 1-D and exempt anyway
