@@ -109,16 +109,22 @@ def _slurm_master_addr(env) -> str:
     return out.stdout.split()[0]
 
 
+def slurm_rendezvous(environ) -> None:
+    """Fill MASTER_ADDR / MASTER_PORT into `environ` for srun tasks, which do not get torchrun's: the job
+    script's values when it exports them, else the job's first node and a port derived from the job id."""
+    if "MASTER_ADDR" not in environ:
+        environ["MASTER_ADDR"] = _slurm_master_addr(environ)
+    if "MASTER_PORT" not in environ:
+        environ["MASTER_PORT"] = str(12000 + int(environ.get("SLURM_JOB_ID", 0)) % 20000)
+
+
 def init_distributed(env: DistEnv | None = None) -> DistEnv:
     """Join the process group the launcher describes (no-op for one process); returns the environment."""
     env = env or detect_env()
     if not env.distributed or dist.is_initialized():
         return env
     if env.launcher == "slurm":
-        # srun does not export torchrun's rendezvous variables: take the job script's, else derive them
-        if "MASTER_ADDR" not in os.environ:
-            os.environ["MASTER_ADDR"] = _slurm_master_addr(os.environ)
-        os.environ.setdefault("MASTER_PORT", str(12000 + int(os.environ.get("SLURM_JOB_ID", 0)) % 20000))
+        slurm_rendezvous(os.environ)
         os.environ.update(RANK=str(env.rank), WORLD_SIZE=str(env.world_size), LOCAL_RANK=str(env.local_rank))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":

@@ -17,7 +17,7 @@ from iopath.common.file_io import g_pathmgr
 from tqdm import tqdm
 
 LOGGER_NAME = "vidformer"
-# the bar is fixed at 10 cells, so 80 columns hold "epoch 10/200  45%|####      | 1225/5000 [12:02<1:15:00, loss 1.234, lr 1.6e-04]"
+# the bar is fixed at 10 cells, so 80 columns hold "epoch 10/200  45%|####      | 1225/5000 [12:02<1:15:00, loss 1.234, lr 0.00016]"
 _BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar:10}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
 
 

@@ -498,8 +498,8 @@ class Trainer:
             totals["clips"] += batch["video"].shape[0] * self.env.world_size
             self.iteration = it + 1
             totals["time_s"] = time.perf_counter() - start
-            bar.set_postfix_str(f"loss {totals['loss_sum'] / max(totals['loss_count'], 1):.4f}, "
-                                f"lr {self.schedule.lr:.2e}", refresh=False)
+            bar.set_postfix_str(f"loss {totals['loss_sum'] / max(totals['loss_count'], 1):.4g}, "
+                                f"lr {self.schedule.lr:.2g}", refresh=False)
             bar.update()
             if window_end:
                 applied = self._optimizer_step()
@@ -669,6 +669,7 @@ class Trainer:
             n = max(len(merged), 1)
             out[f"{prefix}_top1"] = round(100.0 * sum(h[0] for h in merged.values()) / n, 3)
             out[f"{prefix}_top5"] = round(100.0 * sum(h[1] for h in merged.values()) / n, 3)
+            out["val_videos"] = len(merged)
         return out
 
     # -- state -------------------------------------------------------------------------------
