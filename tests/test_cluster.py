@@ -19,6 +19,7 @@ from tests.test_trainer import CLASSES, FRAMES, SIZE, _free_port, tiny_cfg, toy_
 from tests.toy import ToyVideo
 from vidformer.checkpoint import save_checkpoint
 from vidformer.config import get_cfg
+from vidformer.data import build_loader, make_synthetic_dataset
 from vidformer.data.loader import per_process_batch
 from vidformer.engine import distributed as du
 from vidformer.engine import runlog
@@ -85,6 +86,22 @@ def test_stop_signal_mid_epoch_checkpoints_and_the_resume_is_bitwise_exact(tmp_p
     assert epochs[1]["train_loss"] == pytest.approx(read_json_lines(str(tmp_path / "full" / "log.jsonl"))[1]["train_loss"])
     steps = [r["step"] for r in read_json_lines(str(tmp_path / "cut" / "log_steps.jsonl"))]
     assert steps == list(range(1, 9))
+
+
+def test_video_loader_starts_a_resumed_epoch_part_way_with_the_same_clips(tmp_path):
+    root = make_synthetic_dataset(str(tmp_path), train_per_class=2, val_per_class=1, num_frames=8, size=32)
+    cfg = get_cfg(overrides=["DATA.PATH_TO_DATA_DIR", root, "DATA.NUM_FRAMES", "4", "DATA.SAMPLING_RATE", "1",
+                             "DATA.TRAIN_JITTER_SCALES", "[32, 40]", "DATA.TRAIN_CROP_SIZE", "32",
+                             "TRAIN.BATCH_SIZE", "2", "DATA_LOADER.NUM_WORKERS", "0"])
+    loader = build_loader(cfg, "train")
+    loader.set_epoch(3)
+    whole = list(loader)
+    loader.set_epoch(3, start_batch=2)
+    rest = list(loader)
+    assert len(whole) == 4 and len(rest) == 2
+    for a, b in zip(whole[2:], rest):
+        assert torch.equal(a["index"], b["index"]) and torch.equal(a["video"], b["video"])
+    assert len(list(loader)) == 4  # only the resumed epoch is shortened
 
 
 def test_time_based_checkpoints_and_keep_last_n(tmp_path):
