@@ -96,7 +96,8 @@ def one_bad_in_25(numbered, tmp_path):
     return tmp_path
 
 
-def test_one_bad_video_in_25_never_stops_training_at_5_percent(one_bad_in_25, caplog):
+def test_one_bad_video_in_25_never_stops_training_at_5_percent(one_bad_in_25, caplog, monkeypatch):
+    monkeypatch.setattr(logging.getLogger("vidformer"), "propagate", True)  # a run's logger stops propagating
     cfg = tiny_cfg(one_bad_in_25, "TRAIN.BATCH_SIZE", "5", "DATA.MAX_FAILED_FRACTION", "0.05", "DATA_LOADER.NUM_WORKERS", "2")
     loader = build_loader(cfg, "train")
     with caplog.at_level(logging.WARNING, logger="vidformer"):

@@ -45,11 +45,12 @@ class ToyClips(Dataset):
         return {"video": self.videos[i], "label": self.labels[i], "index": i}
 
 
-def toy_loader(cfg, split, *, rank=0, world_size=1, seed=None, nan_index=()):
+def toy_loader(cfg, split, *, rank=0, world_size=1, seed=None, local_world_size=None, nan_index=(), val_size=8):
     train = split == "train"
-    ds = ToyClips(16 if train else 8, seed=1 if train else 2, nan_index=nan_index if train else ())
+    ds = ToyClips(16 if train else val_size, seed=1 if train else 2, nan_index=nan_index if train else ())
     sampler = DistributedSampler(ds, num_replicas=world_size, rank=rank, shuffle=train, seed=seed or 0)
-    return DataLoader(ds, batch_size=cfg.TRAIN.BATCH_SIZE // world_size, sampler=sampler, drop_last=train)
+    return DataLoader(ds, batch_size=cfg.TRAIN.BATCH_SIZE // (local_world_size or world_size), sampler=sampler,
+                      drop_last=train)
 
 
 def tiny_cfg(tmp_path, *overrides):
@@ -108,9 +109,11 @@ def test_warmup_cosine_schedule_values():
 
 def test_distributed_env_from_torchrun_and_slurm():
     assert du.detect_env({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}) == du.DistEnv(3, 8, 1, "torchrun")
-    slurm = {"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1"}
-    assert du.detect_env(slurm) == du.DistEnv(5, 16, 1, "slurm")
-    assert du.detect_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}) == du.DistEnv()
+    assert du.detect_env({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"}).processes_per_node == 4
+    slurm = {"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "0", "SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1",
+             "SLURM_NODEID": "2", "SLURM_STEP_TASKS_PER_NODE": "8(x2),4"}
+    assert du.detect_env(slurm) == du.DistEnv(5, 16, 1, "slurm", 4)
+    assert du.detect_env({"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "0", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"}) == du.DistEnv()
 
 
 @pytest.mark.parametrize("precision", ["none", "bf16"])

@@ -115,7 +115,7 @@ def _train(args: argparse.Namespace) -> int:
     from vidformer.config import get_cfg
     from vidformer.engine import distributed
     from vidformer.engine.evaluator import run_test
-    from vidformer.engine.trainer import NonFiniteLossError, Trainer, latest_checkpoint
+    from vidformer.engine.trainer import STOPPED_EXIT_CODE, NonFiniteLossError, NonFiniteWeightsError, Trainer, latest_checkpoint
 
     cfg = get_cfg(args.config, _overrides(args))
     check_output_dir(cfg.OUTPUT_DIR)
@@ -125,10 +125,12 @@ def _train(args: argparse.Namespace) -> int:
         if cfg.TRAIN.ENABLE:
             trainer = Trainer(cfg, env=env, resume=args.resume)
             trainer.fit()
+            if trainer.stopped:  # SIGTERM/SIGUSR1: checkpoint written, the same command continues
+                return STOPPED_EXIT_CODE
             model = trainer.model
         if cfg.TEST.ENABLE:
             run_test(cfg, model=model, env=env, source=latest_checkpoint(cfg.OUTPUT_DIR) or "the trained model")
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, NonFiniteWeightsError) as e:
         print(f"vidformer train: {e}", file=sys.stderr)
         return 1
     finally:

@@ -2,7 +2,9 @@
 
 Reading never runs code: pickles load with torch.load(weights_only=True) (safetensors files with
 safetensors). Writing is atomic: a temp file in the target folder, fsync, then rename, so a killed
-process leaves either the old checkpoint or the new one, never half of one.
+process leaves either the old checkpoint or the new one, never half of one. Files get the mode the
+user's umask gives (mkstemp would make them 0600, unreadable to teammates), and a temp file is removed
+when the save fails; one left by a SIGKILL is found by `remove_stale_temps`.
 """
 
 import os
@@ -54,18 +56,31 @@ def load_checkpoint_file(path: str) -> dict:
             f"(or keep only its state dict), then load clean.pth."
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        if os.path.getsize(local) == 0:
+            raise UsageError(f"checkpoint '{path}' is empty (0 bytes)") from None
+        first_line = (str(e).splitlines() or [""])[0][:200]
         raise UsageError(
-            f"checkpoint '{path}' is truncated or not a PyTorch checkpoint ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200]})"
+            f"checkpoint '{path}' is truncated or not a PyTorch checkpoint ({type(e).__name__}: {first_line})"
         ) from None
 
 
+_TEMP_PREFIX = ".tmp_"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(obj, path: str) -> None:
-    """torch.save `obj` to `path` atomically (temp file + fsync + rename) through iopath."""
+    """torch.save `obj` to `path` atomically (temp file + fsync + rename) through iopath, with the mode
+    a plain open() would give (0666 minus the umask)."""
     local_dir = os.path.dirname(path) or "."
     path_manager.mkdirs(local_dir)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=os.path.basename(path), dir=local_dir)
+    fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=os.path.basename(path), dir=local_dir)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -75,6 +90,19 @@ def save_checkpoint(obj, path: str) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def remove_stale_temps(folder: str) -> list[str]:
+    """Delete the temp files that saves into `folder` left behind (a process killed mid-save); returns them.
+
+    Call it only where no other process is saving into `folder` at the same time.
+    """
+    if not os.path.isdir(folder):
+        return []
+    stale = [os.path.join(folder, name) for name in sorted(os.listdir(folder)) if name.startswith(_TEMP_PREFIX)]
+    for path in stale:
+        os.remove(path)
+    return stale
 
 
 def unwrap_state_dict(obj) -> tuple[dict[str, torch.Tensor], str]:

@@ -62,8 +62,12 @@ _C.TRAIN.ATTENTION_FP32 = False
 _C.TRAIN.GRAD_ACCUM_STEPS = 1
 # Keep an exponential moving average of the weights with this decay (0 disables it).
 _C.TRAIN.EMA_DECAY = 0.0
-# Stop after this many consecutive non-finite losses (each one is skipped and logged).
+# Stop after this many consecutive skipped steps (non-finite loss or gradients; each one is logged).
 _C.TRAIN.MAX_NONFINITE_STEPS = 5
+# Also write a mid-epoch checkpoint when this many minutes passed since the last one (0 disables it).
+_C.TRAIN.CHECKPOINT_MINUTES = 0.0
+# Keep only the newest this many checkpoints; 0 keeps every epoch checkpoint and the newest 2 mid-epoch ones.
+_C.TRAIN.CHECKPOINT_KEEP = 0
 
 # ---------------------------------------------------------------------------------------------
 _C.TEST = CfgNode()

@@ -1,14 +1,16 @@
 """Data loaders for training/validation batches and the per-video multi-view test iterator.
 
-TRAIN.BATCH_SIZE counts videos per node, as in PySlowFast: each of the `world_size` processes loads
-TRAIN.BATCH_SIZE // world_size videos per iteration, and with AUG.NUM_SAMPLE = n each video gives n
-augmented clips, so a batch holds n x that many clips. Samples are split over processes by a
+TRAIN.BATCH_SIZE counts videos per node, as in PySlowFast: each of a node's `local_world_size`
+processes loads TRAIN.BATCH_SIZE // local_world_size videos per iteration, and with AUG.NUM_SAMPLE = n
+each video gives n augmented clips, so a batch holds n x that many clips. Samples are split over processes by a
 DistributedSampler (also with one process, so `loader.set_epoch(epoch)` reshuffles reproducibly).
 
 Broken videos: each loader owns a FailureTracker (vidformer.data.failures) that it feeds, in the
 main process, from what every batch carries, and that stops the run with one line when too many
 distinct videos fail. The decoder a video layout needs is checked when the loader is built.
 """
+
+import signal
 
 import torch
 from fvcore.common.config import CfgNode
@@ -51,9 +53,11 @@ class VideoLoader(DataLoader):
         super().__init__(dataset, **kwargs)
         self.failures = FailureTracker(max_failed_fraction, split, len({record.path for record in dataset.records}))
 
-    def set_epoch(self, epoch: int) -> None:
-        """Reshuffle for `epoch` and re-seed every sample's randomness; call before iterating."""
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Reshuffle for `epoch` and re-seed every sample's randomness; call before iterating. The next
+        iteration starts at batch `start_batch` of the epoch (a resumed run), without decoding those before."""
         self.sampler.set_epoch(epoch)
+        self.sampler.start = start_batch * self.batch_size
         self.dataset.epoch = epoch
 
     def __iter__(self):
@@ -65,22 +69,43 @@ class VideoLoader(DataLoader):
             yield batch
 
 
+class _ResumableSampler(DistributedSampler):
+    """A DistributedSampler whose next epoch can start part-way: `start` indices of it are left out, once."""
+
+    start = 0
+
+    def __iter__(self):
+        indices = list(super().__iter__())[self.start:]
+        self.start = 0
+        return iter(indices)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Data workers leave SIGTERM/SIGUSR1 to the training process (Slurm signals every process of a step):
+    it checkpoints and exits, and the workers end with it."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def set_epoch(loader: VideoLoader, epoch: int) -> None:
     """Same as loader.set_epoch(epoch)."""
     loader.set_epoch(epoch)
 
 
-def per_process_batch(cfg: CfgNode, world_size: int) -> int:
-    """Videos per process and iteration: TRAIN.BATCH_SIZE is per node (PySlowFast)."""
-    if cfg.TRAIN.BATCH_SIZE % world_size:
-        raise ConfigError(f"TRAIN.BATCH_SIZE {cfg.TRAIN.BATCH_SIZE} is the batch per node and must be divisible by the {world_size} processes")
-    return cfg.TRAIN.BATCH_SIZE // world_size
+def per_process_batch(cfg: CfgNode, processes_per_node: int) -> int:
+    """Videos per process and iteration: TRAIN.BATCH_SIZE is per node (PySlowFast), shared by the node's processes."""
+    if cfg.TRAIN.BATCH_SIZE % processes_per_node:
+        raise ConfigError(f"TRAIN.BATCH_SIZE {cfg.TRAIN.BATCH_SIZE} is the batch per node and must be divisible by "
+                          f"the {processes_per_node} processes per node")
+    return cfg.TRAIN.BATCH_SIZE // processes_per_node
 
 
-def build_loader(cfg: CfgNode, split: str, *, rank: int = 0, world_size: int = 1, seed: int | None = None) -> VideoLoader:
+def build_loader(cfg: CfgNode, split: str, *, rank: int = 0, world_size: int = 1, seed: int | None = None,
+                 local_world_size: int | None = None) -> VideoLoader:
     """Loader of "train" batches (random clips, train transforms, shuffled, last partial batch dropped)
     or "val" batches (one centre view per video, in order; the DistributedSampler pads the last
-    round with repeats when the split does not divide by world_size)."""
+    round with repeats when the split does not divide by world_size). `local_world_size` is the number
+    of processes per node (default: all `world_size` on one node)."""
     if split not in ("train", "val"):
         raise UsageError(f"build_loader split must be 'train' or 'val', got '{split}' (use iter_test_videos for the test)")
     train = split == "train"
@@ -88,12 +113,13 @@ def build_loader(cfg: CfgNode, split: str, *, rank: int = 0, world_size: int = 1
     records = read_records(cfg, split)
     check_backend(cfg, records)
     dataset = ClipDataset(cfg, records, train=train, seed=seed)
-    batch_size = per_process_batch(cfg, world_size)
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=train)
+    processes_per_node = local_world_size or world_size
+    batch_size = per_process_batch(cfg, processes_per_node)
+    sampler = _ResumableSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=train)
     if train and len(sampler) < batch_size:
         raise UsageError(
             f"the train split has {len(dataset)} videos, {len(sampler)} per process: fewer than the per-process batch "
-            f"{batch_size} (TRAIN.BATCH_SIZE {cfg.TRAIN.BATCH_SIZE} / {world_size} processes)"
+            f"{batch_size} (TRAIN.BATCH_SIZE {cfg.TRAIN.BATCH_SIZE} / {processes_per_node} processes per node)"
         )
     return VideoLoader(
         dataset,
@@ -105,6 +131,7 @@ def build_loader(cfg: CfgNode, split: str, *, rank: int = 0, world_size: int = 1
         pin_memory=cfg.DATA_LOADER.PIN_MEMORY and torch.cuda.is_available(),
         drop_last=train,
         collate_fn=collate_clips,
+        worker_init_fn=_ignore_stop_signals,
     )
 
 
