@@ -22,8 +22,8 @@ from vidformer.checkpoint import load_pretrained, zoo
 from vidformer.checkpoint.remote import cache_dir, cache_path, url_cache_path
 from vidformer.cli import main
 from vidformer.config import get_cfg
-from vidformer.engine.demo import load_demo_model
 from vidformer.engine.evaluator import checkpoint_to_test
+from vidformer.engine.recognizer import load_model
 from vidformer.errors import DownloadError, UsageError
 from vidformer.models import VideoModel
 from vidformer.models.registry import _BUILDERS
@@ -205,7 +205,7 @@ def test_zoo_name_in_test_checkpoint_file_path(server, monkeypatch, tmp_path):
                          "DATA.TRAIN_CROP_SIZE", "32", "DATA.TEST_CROP_SIZE", "32",
                          "TEST.CHECKPOINT_FILE_PATH", "zoo:toy_video.toy_4x2"])
     assert checkpoint_to_test(cfg) == "zoo:toy_video.toy_4x2"  # what `vidformer test` loads
-    model = load_demo_model(cfg, None)  # builds the config's model and loads TEST.CHECKPOINT_FILE_PATH
+    model, _ = load_model(cfg, checkpoint_to_test(cfg))  # what `vidformer demo --config` builds and loads
     assert torch.equal(model.head.weight, state["head.weight"]) and server.hits == ["/toy.pth"]
     assert model.pretrained_cfg.source == "zoo:toy_video.toy_4x2"
 

@@ -7,6 +7,7 @@ user's umask gives (mkstemp would make them 0600, unreadable to teammates), and 
 when the save fails; one left by a SIGKILL is found by `remove_stale_temps`.
 """
 
+import contextlib
 import os
 import pickle
 import tempfile
@@ -73,23 +74,37 @@ def _umask() -> int:
     return mask
 
 
-def save_checkpoint(obj, path: str) -> None:
-    """torch.save `obj` to `path` atomically (temp file + fsync + rename) through iopath, with the mode
-    a plain open() would give (0666 minus the umask)."""
+@contextlib.contextmanager
+def atomic_path(path: str):
+    """A temp path in `path`'s folder to write to; renamed over `path` when the block ends well, removed
+    when it fails, so a reader sees the old file or the new one, never half of one. The file gets the
+    mode a plain open() would give (0666 minus the umask). The temp name keeps `path`'s extension."""
     local_dir = os.path.dirname(path) or "."
     path_manager.mkdirs(local_dir)
     fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=os.path.basename(path), dir=local_dir)
     try:
         os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+        os.close(fd)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_write(path: str, write, binary: bool = False) -> None:
+    """Call write(f) on an open file whose contents replace `path` atomically (see atomic_path), fsynced."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb" if binary else "w", newline=None if binary else "") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def save_checkpoint(obj, path: str) -> None:
+    """torch.save `obj` to `path` atomically (temp file + fsync + rename)."""
+    atomic_write(path, lambda f: torch.save(obj, f), binary=True)
 
 
 def remove_stale_temps(folder: str) -> list[str]:

@@ -31,7 +31,7 @@ from fvcore.common.config import CfgNode
 from torch import nn
 from tqdm import tqdm
 
-from vidformer.checkpoint.io import save_checkpoint
+from vidformer.checkpoint.io import atomic_write, save_checkpoint
 from vidformer.engine import distributed as du
 from vidformer.engine.adaptive import collect_exit_probs, exit_costs, search_thresholds, views_until_confident
 from vidformer.engine.build import build_model
@@ -504,10 +504,7 @@ def _scores_payload(merged: VideoScores, scores: torch.Tensor, metrics: dict, na
 
 
 def _write_json(path: str, obj: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: json.dump(obj, f, indent=2))
 
 
 def _write_outputs(cfg: CfgNode, metrics: dict, names: list[str], acc: dict, payload: dict | None = None) -> None:

@@ -15,12 +15,12 @@ another batch size and (when dynamic) another clip length, and a difference abov
 
 import importlib.util
 import os
-import tempfile
 
 import torch
 from torch import nn
 from torch.export import Dim
 
+from vidformer.checkpoint.io import atomic_path
 from vidformer.errors import UsageError
 
 FORMATS = (".pt2", ".onnx")
@@ -59,18 +59,9 @@ def _frame_multiple(model: nn.Module, num_frames: int) -> int | None:
     return multiple if multiple and num_frames > 1 and num_frames % multiple == 0 else None
 
 
-def _atomic(out: str, write) -> None:
-    folder = os.path.dirname(os.path.abspath(out))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=os.path.basename(out), dir=folder)
-    os.close(fd)
-    try:
+def _write_to(out: str, write) -> None:
+    with atomic_path(out) as tmp:
         write(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _dims(multiple: int | None) -> dict:
@@ -115,11 +106,11 @@ def export_model(model: nn.Module, out: str, *, num_frames: int, img_size: int, 
     module = program.module()
     if ext == ".pt2":
         got = [module(c) for c in checks]
-        _atomic(out, lambda path: torch.export.save(program, path))
+        _write_to(out, lambda path: torch.export.save(program, path))
         summary["max_abs_diff"] = _check(got, expected, atol, "the ExportedProgram")
         return summary
     try:
-        _atomic(out, lambda path: torch.onnx.export(program, (x,), path, verbose=False))
+        _write_to(out, lambda path: torch.onnx.export(program, (x,), path, verbose=False))
     except Exception as e:  # torch's converter, not the user's input: name the model and the first line
         raise RuntimeError(f"torch.onnx could not convert {type(model).__name__} "
                            f"({type(e).__name__}: {_first_line(e)}); its .pt2 export works") from e

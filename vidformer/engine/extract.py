@@ -13,28 +13,16 @@ appears once. Files are written atomically.
 import csv
 import json
 import os
-import tempfile
 
 import numpy as np
 import torch
 from fvcore.common.config import CfgNode
 
+from vidformer.checkpoint.io import atomic_write
 from vidformer.engine import distributed as du
 from vidformer.engine.evaluator import VideoScores, describe_views
 from vidformer.engine.recognizer import Recognizer, label_names, load_model
 from vidformer.engine.runlog import get_logger, progress, setup_logging
-
-
-def _atomic_write(path: str, write, binary: bool = False) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=os.path.basename(path), dir=os.path.dirname(path) or ".")
-    try:
-        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline="")) as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def run_extract(cfg: CfgNode, checkpoint: str, output_dir: str, *, per_view: bool = False,
@@ -76,15 +64,15 @@ def run_extract(cfg: CfgNode, checkpoint: str, output_dir: str, *, per_view: boo
     }
     if env.is_main:
         os.makedirs(output_dir, exist_ok=True)
-        _atomic_write(os.path.join(output_dir, "features.npy"), lambda f: np.save(f, features), binary=True)
+        atomic_write(os.path.join(output_dir, "features.npy"), lambda f: np.save(f, features), binary=True)
 
         def write_csv(f):
             w = csv.writer(f)
             w.writerow(["path", "label"])
             w.writerows(zip(merged.path, merged.label))
 
-        _atomic_write(os.path.join(output_dir, "videos.csv"), write_csv)
-        _atomic_write(os.path.join(output_dir, "extract.json"), lambda f: json.dump(summary, f, indent=2))
+        atomic_write(os.path.join(output_dir, "videos.csv"), write_csv)
+        atomic_write(os.path.join(output_dir, "extract.json"), lambda f: json.dump(summary, f, indent=2))
         get_logger().info(f"features {tuple(features.shape)} of {len(merged.index)} videos -> {output_dir}; "
                           f"{len(failed)} video(s) failed to decode and were left out")
     return summary
