@@ -210,6 +210,17 @@ def test_zoo_name_in_test_checkpoint_file_path(server, monkeypatch, tmp_path):
     assert model.pretrained_cfg.source == "zoo:toy_video.toy_4x2"
 
 
+def test_a_recognizer_by_zoo_name_takes_its_geometry_from_the_entry(server, monkeypatch):
+    body, state = _toy_file()
+    server.files["/toy.pth"] = body
+    _test_entry(monkeypatch, server)
+    recognizer = vidformer.load_recognizer("zoo:toy_video.toy_4x2", "cpu")
+    assert (recognizer.cfg.MODEL.MODEL_NAME, recognizer.cfg.MODEL.NUM_CLASSES, recognizer.cfg.DATA.NUM_FRAMES) == ("toy_video", 5, 4)
+    assert torch.equal(recognizer.model.head.weight, state["head.weight"])
+    top = recognizer.predict(torch.zeros(3, 4, 32, 32), topk=2)
+    assert len(top) == 2 and top[0][1] >= top[1][1]
+
+
 def test_configs_point_at_zoo_entries_of_their_model():
     pointed = 0
     for path in _configs():

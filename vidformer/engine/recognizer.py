@@ -19,6 +19,7 @@ import torch
 from fvcore.common.config import CfgNode
 from torch import nn
 
+from vidformer.checkpoint import zoo
 from vidformer.config import cfg_from_yaml, get_cfg
 from vidformer.engine.build import build_model
 from vidformer.engine.evaluator import aggregate_views
@@ -54,6 +55,11 @@ def recognizer_config(source, config_file: str | None = None, overrides=(), *, c
     """The config to run `source` with (see the module docstring); `ckpt` is the already read file, if any."""
     if config_file:
         return get_cfg(config_file, overrides)
+    entry = zoo.get_entry(zoo.zoo_name(source)) if zoo.zoo_name(source) else None
+    if entry is not None:  # a published file carries no vidformer config: its zoo entry says what it is
+        return _cfg_from_metadata({"model_name": entry.model, "num_classes": entry.num_classes, "pretrained_cfg": {
+            "num_frames": entry.num_frames, "sampling_rate": entry.sampling_rate, "crop_size": entry.crop_size,
+            "mean": entry.mean, "std": entry.std}}, overrides)
     if ckpt is None:
         from vidformer.checkpoint import load_checkpoint_file
 
