@@ -269,6 +269,13 @@ def _decord_reason(error: Exception) -> str:
     return reason
 
 
+def _in_batches(wanted: list[int], fetch) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, frame) for the ascending `wanted`, fetched _BATCH at a time by the random-access backends."""
+    for start in range(0, len(wanted), _BATCH):
+        batch = wanted[start : start + _BATCH]
+        yield from zip(batch, fetch(batch))
+
+
 class _DecordReader(VideoReader):
     """decord: its own index of the file (it applies the display rotation itself)."""
 
@@ -288,14 +295,13 @@ class _DecordReader(VideoReader):
     def iter_frames(self, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
         import decord
 
-        wanted = self._distinct(indices)
-        for start in range(0, len(wanted), _BATCH):
-            batch = wanted[start : start + _BATCH]
+        def fetch(batch: list[int]) -> np.ndarray:
             try:
-                frames = self._reader.get_batch(batch).asnumpy()
+                return self._reader.get_batch(batch).asnumpy()
             except (decord.DECORDError, RuntimeError) as e:
                 raise DecodeError(self.path, f"decord failed while decoding ({_decord_reason(e)})") from None
-            yield from zip(batch, frames)
+
+        return _in_batches(self._distinct(indices), fetch)
 
     def close(self) -> None:
         # decord leaks memory when readers linger (decord #197/#208); drop it now
@@ -322,14 +328,13 @@ class _TorchCodecReader(VideoReader):
             raise DecodeError(path, "the video has no frames")
 
     def iter_frames(self, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
-        wanted = self._distinct(indices)
-        for start in range(0, len(wanted), _BATCH):
-            batch = wanted[start : start + _BATCH]
+        def fetch(batch: list[int]) -> np.ndarray:
             try:
-                frames = self._decoder.get_frames_at(batch).data.numpy()
+                return self._decoder.get_frames_at(batch).data.numpy()
             except (RuntimeError, ValueError) as e:
                 raise DecodeError(self.path, f"torchcodec failed while decoding ({e})") from None
-            yield from zip(batch, frames)
+
+        return _in_batches(self._distinct(indices), fetch)
 
     def close(self) -> None:
         self._decoder = None
