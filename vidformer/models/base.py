@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from vidformer.errors import UsageError
 from vidformer.layers import as_video
 
 StateDict = dict[str, torch.Tensor]
@@ -55,6 +56,12 @@ class VideoModel(nn.Module):
         super().__init__()
         self.pretrained_cfg = PretrainedCfg()
         self.grad_checkpointing = False
+
+    def train(self, mode: bool = True) -> "VideoModel":
+        if mode and getattr(self, "fused_for_inference", False):
+            raise UsageError("this model was fused for inference (vidformer.layers.fuse_for_inference): it cannot "
+                             "train, and its state dict is not a checkpoint; build it again to train")
+        return super().train(mode)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
