@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vidformer.cli import main
-from vidformer.engine.bench import BenchSettings, make_step, matmul_rate, run_bench, torchvision_mvit
+from vidformer.engine.bench import BenchSettings, build_pair, make_step, matmul_rate, parity, run_bench, torchvision_mvit
 from vidformer.models import create_model
 
 
@@ -30,6 +30,16 @@ def test_torchvision_reference_holds_the_same_model():
     model.eval(), ref.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(x), ref(x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, peer", [("poolformer_s12", "timm"), ("cvt_13", "transformers")])
+def test_image_runs_take_the_installed_peer_with_the_same_weights(name, peer):
+    pytest.importorskip(peer)
+    s = BenchSettings(models=(name,), frames=1, img_size=32, num_classes=5)
+    pair = build_pair(name, s)
+    assert pair.ref is not pair.ours and pair.ref_name.startswith(peer)
+    assert parity(pair, torch.randn(2, 3, 32, 32)) < 1e-5
 
 
 def test_train_step_leaves_no_gradients_and_forward_step_sets_eval():

@@ -348,6 +348,8 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="torch threads (default: the cores this process may use)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--no-fuse", action="store_true",
+                   help="time forward steps on the model as trained, not fused for inference (as `test` runs it)")
     p.add_argument("--no-data", action="store_true", help="skip the data-loading benchmark")
     p.add_argument("--json", default=None, metavar="OUT", help="write every figure to this JSON file")
     p.add_argument("--quick", action="store_true", help="tiny models and shapes: a smoke test of the bench")

@@ -1,9 +1,12 @@
 """`vidformer bench`: model throughput and peak memory against a reference measured in the same run, data
 loading speed, and the machine's dense matmul rate as the ceiling every model's FLOP rate is compared with.
 
-References: mvitv2_* runs against torchvision's MViT (explicit attention) holding the same weights; every
-other family runs against itself with attention forced to torch's MATH backend, the explicit
-softmax(QK^T + bias) V with the full attention matrix in memory. Timings alternate between the two
+References, holding the same weights: mvitv2_* video models run against torchvision's MViT (explicit
+attention); image runs (--frames 1) of poolformer_* against timm's PoolFormer and of cvt_13/cvt_21 against
+transformers' CvT, where those are installed. Every other model runs against itself with attention forced
+to torch's MATH backend, the explicit softmax(QK^T + bias) V with the full attention matrix in memory.
+Forward steps time vidformer fused for inference (vidformer.layers.fuse_for_inference), as `vidformer
+test` and the recognizer run it; --no-fuse times the model as trained. Timings alternate between the two
 models step by step, so load from other processes on a shared machine hits both alike; medians are
 reported. Peak memory of a training step is measured in a fresh subprocess per configuration (see
 `_memory_probe`).
@@ -11,6 +14,7 @@ reported. Peak memory of a training step is measured in a fresh subprocess per c
 
 import ast
 import contextlib
+import copy
 import gc
 import json
 import os
@@ -28,7 +32,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from vidformer.checkpoint import load_pretrained
 from vidformer.errors import UsageError
-from vidformer.flops import model_flops
+from vidformer.flops import count_flops, model_flops
+from vidformer.layers import fuse_for_inference
 from vidformer.models import create_model, list_models
 
 DEFAULT_MODELS = ("mvitv2_s", "uniformer_s", "poolformer_s12", "cvt_13", "dvt_deit_s")
@@ -63,6 +68,7 @@ class BenchSettings:
     memory: bool = True
     data: bool = True
     quick: bool = False
+    fuse: bool = True  # forward steps run vidformer fused for inference, as `vidformer test` and the recognizer do
     matmul_size: int = 2048
     num_classes: int = 400
     threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
@@ -108,6 +114,40 @@ def torchvision_mvit(model: nn.Module, frames: int, img_size: int) -> tuple[nn.M
     return ref, "torchvision MViT (mvit_v2_s code, these block configs)"
 
 
+def image_peer(model: nn.Module, name: str) -> tuple[nn.Module, str] | None:
+    """The installed peer implementation of an image model (timm PoolFormer, transformers CvT), or None.
+
+    The peer is built with the model's geometry and random weights; the caller copies them into vidformer
+    through the checkpoint converters (the layouts `timm_poolformer` and `cvt_huggingface`).
+    """
+    if name.startswith("poolformer") and all(c.mixer == "pool" for c in model.stage_cfgs):
+        with contextlib.suppress(ImportError):
+            import timm
+
+            if name in timm.list_models("poolformer_*"):
+                return timm.create_model(name, num_classes=model.num_classes), f"timm {name}"
+    if name.startswith("cvt"):
+        with contextlib.suppress(ImportError):
+            import transformers
+
+            depths = {"cvt_13": [1, 2, 10], "cvt_21": [1, 4, 16]}.get(name)
+            if depths is not None:
+                config = transformers.CvtConfig(num_labels=model.num_classes, depth=depths)
+                return _HFLogits(transformers.CvtForImageClassification(config)), f"transformers Cvt ({name})"
+    return None
+
+
+class _HFLogits(nn.Module):
+    """A transformers classifier returning its logits tensor (its forward returns an output object)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).logits
+
+
 @dataclass
 class Pair:
     """The model under test and its reference; `ref_context` wraps every reference call."""
@@ -124,15 +164,27 @@ def _math_attention():
 
 
 def build_pair(name: str, s: BenchSettings) -> Pair:
-    """For mvitv2 video models: vidformer holding torchvision's random weights; else the model and its naive form."""
+    """vidformer holding the peer's random weights (torchvision MViT for mvitv2 video models, timm PoolFormer
+    and transformers CvT for images) where one is installed; else the model and its naive-attention form."""
     torch.manual_seed(0)
     ours = _build(name, s)
+    peer = None
     if name.startswith("mvitv2") and s.frames > 1:
-        ref, ref_name = torchvision_mvit(ours, s.frames, s.img_size)
-        load_pretrained(ours, ref.state_dict(), strict=True)
-        return Pair(name, ours, ref, ref_name)
-    return Pair(name, ours, ours, "same model, attention forced to SDPA MATH (explicit softmax(QK^T)V)",
-                _math_attention)
+        peer = torchvision_mvit(ours, s.frames, s.img_size)
+    elif s.frames == 1 and not s.quick:
+        peer = image_peer(ours, name)
+    if peer is None:
+        return Pair(name, ours, ours, "same model, attention forced to SDPA MATH (explicit softmax(QK^T)V)",
+                    _math_attention)
+    ref, ref_name = peer
+    load_pretrained(ours, (ref.model if isinstance(ref, _HFLogits) else ref).state_dict(), strict=True)
+    return Pair(name, ours, ref, ref_name)
+
+
+def bench_input(s: BenchSettings, device: torch.device) -> torch.Tensor:
+    """(B, 3, T, H, W) clips, or (B, 3, H, W) images when T = 1 (what image peers take)."""
+    shape = (s.batch, 3, s.frames, s.img_size, s.img_size) if s.frames > 1 else (s.batch, 3, s.img_size, s.img_size)
+    return torch.randn(shape, device=device)
 
 
 def _logits(out) -> torch.Tensor:
@@ -215,7 +267,7 @@ def _memory_probe(spec: dict) -> float:
     model, context = (pair.ours, contextlib.nullcontext) if spec["side"] == "ours" else (pair.ref, pair.ref_context)
     del pair  # frees the other model (the reference only lent its weights)
     model.to(device)
-    x = torch.randn(s.batch, 3, s.frames, s.img_size, s.img_size, device=device)
+    x = bench_input(s, device)
     step = make_step(model, x, spec["mode"], spec["dtype"], context)
     gc.collect()
     if device.type == "cuda":
@@ -279,12 +331,16 @@ def bench_model(name: str, s: BenchSettings, ceilings: dict, log=print) -> dict:
     device = torch.device(s.device)
     pair = build_pair(name, s)
     pair.ours.to(device), pair.ref.to(device)
-    x = torch.randn(s.batch, 3, s.frames, s.img_size, s.img_size, device=device)
+    x = bench_input(s, device)
     diff = parity(pair, x)
+    # the forward steps time vidformer as inference runs it: fused (a copy: training steps use the model)
+    infer = fuse_for_inference(copy.deepcopy(pair.ours)) if s.fuse else pair.ours
+    if s.fuse:
+        diff = max(diff, parity(Pair(name, infer, pair.ref, pair.ref_name, pair.ref_context), x))
     ours_gmacs = model_flops(pair.ours, s.frames, s.img_size).gflops
     # the FLOP rate counts the model's nominal work, the reference's count: operations a faster path adds
     # (padding, folded bias terms) are overhead, not work done
-    gmacs = ours_gmacs if pair.ref is pair.ours else model_flops(pair.ref, s.frames, s.img_size).gflops
+    gmacs = ours_gmacs if pair.ref is pair.ours else count_flops(pair.ref, x[:1])
     log(f"{name}: reference {pair.ref_name}; logits agree to {diff:.1e} (relative); {gmacs:.4g} GFLOPs per clip "
         f"({ours_gmacs:.4g} as vidformer computes it)")
     rows = []
@@ -292,7 +348,8 @@ def bench_model(name: str, s: BenchSettings, ceilings: dict, log=print) -> dict:
         # forward+backward costs about 3 forwards (the backward computes input and weight gradients)
         macs_per_clip = gmacs * (3 if mode == "train" else 1)
         for dtype in s.dtypes:
-            steps = [make_step(pair.ours, x, mode, dtype), make_step(pair.ref, x, mode, dtype, pair.ref_context)]
+            ours = infer if mode == "forward" else pair.ours
+            steps = [make_step(ours, x, mode, dtype), make_step(pair.ref, x, mode, dtype, pair.ref_context)]
             t_ours, t_ref = time_alternating(steps, device, s.warmup, s.iters)
             row = {"mode": mode, "dtype": dtype}
             for side, seconds in (("ours", t_ours), ("reference", t_ref)):
@@ -381,7 +438,7 @@ def run_from_args(args) -> int:
     models = tuple(args.models) if args.models else tuple(m for m in DEFAULT_MODELS if m in registered)
     given = dict(models=models, batch=args.batch, modes=tuple(args.modes), dtypes=tuple(args.dtypes),
                  memory=not args.no_memory, data=not args.no_data, frames=args.frames, img_size=args.img_size,
-                 iters=args.iters, device=args.device, threads=args.threads)
+                 iters=args.iters, device=args.device, threads=args.threads, fuse=not args.no_fuse)
     # flags left out take the defaults of the full or the --quick bench
     given = {k: v for k, v in given.items() if v is not None}
     s = BenchSettings.quick_settings(**given) if args.quick else BenchSettings(**given)
