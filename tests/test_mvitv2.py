@@ -224,3 +224,32 @@ def test_published_params_and_flops(name, num_frames, params_m, gflops):
     report = model_flops(model, num_frames=num_frames, img_size=224)
     assert report.params_m == pytest.approx(params_m, rel=0.02)
     assert report.gflops == pytest.approx(gflops, rel=0.02)
+
+
+@pytest.mark.parametrize("stride_q, stride_kv", [((1, 1, 1), (1, 2, 2)), ((2, 2, 2), (1, 4, 4))])
+def test_every_training_path_of_the_attention_gives_the_same_values_and_gradients(monkeypatch, stride_q, stride_kv):
+    # the pooling conv (heads in the batch axis / channels-last conv3d / one conv2d per temporal tap) and the
+    # q, k, v projections (one matmul / three) are chosen by size; each choice must be the same function
+    from vidformer.models import mvitv2
+    from vidformer.models.mvitv2 import BlockCfg, MultiScaleAttention
+
+    torch.manual_seed(0)
+    grid = (4, 6, 6)
+    cfg = BlockCfg(16, 16, 16, 2, (3, 3, 3), stride_q, stride_kv, grid, 0.0)
+    attn = MultiScaleAttention(cfg)
+    x = torch.randn(2, 1 + math.prod(grid), 16, requires_grad=True)
+    results = []
+    for per_head_max, per_tap_min, split_min in [(10 ** 9, 10 ** 9, 10 ** 9), (0, 10 ** 9, 0), (0, 0, 0)]:
+        monkeypatch.setattr(mvitv2, "_PER_HEAD_MAX_NUMEL", per_head_max)
+        monkeypatch.setattr(mvitv2, "_PER_TAP_MIN_NUMEL", per_tap_min)
+        monkeypatch.setattr(mvitv2, "_SPLIT_QKV_MIN_TOKENS", split_min)
+        attn.zero_grad(), x.grad is not None and x.grad.zero_()
+        out, out_grid = attn(x, grid)
+        out.square().sum().backward()
+        results.append((out.detach(), out_grid, x.grad.clone(), [p.grad.clone() for p in attn.parameters()]))
+    first = results[0]
+    for other in results[1:]:
+        assert other[1] == first[1]
+        for ref, out in [(first[0], other[0]), (first[2], other[2]), *zip(first[3], other[3])]:
+            # relative to the largest entry, or absolute where the true gradient is 0 (a key norm's bias)
+            assert (ref - out).abs().max() <= 1e-5 * max(ref.abs().max().item(), 1.0)

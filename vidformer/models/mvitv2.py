@@ -143,6 +143,10 @@ def rel_pos_bias(q: torch.Tensor, q_grid: Grid, k_grid: Grid, rel_pos_h: torch.T
 # pooling inputs (elements) from which training pools per temporal tap: measured on CPU (bench), a single
 # conv3d's backward wins below about this size and loses several times over at mvitv2_s's first stages
 _PER_TAP_MIN_NUMEL = 500_000
+# and below which training pools with heads in the batch axis
+_PER_HEAD_MAX_NUMEL = 20_000
+# tokens (batch x length) from which q, k, v come from three projections instead of one qkv matmul
+_SPLIT_QKV_MIN_TOKENS = 1_000
 
 
 class MultiScaleAttention(nn.Module):
@@ -189,13 +193,21 @@ class MultiScaleAttention(nn.Module):
         t, h, w = grid
         frames = z[:, p:].reshape(b, t, h, w, c)
         weight = conv.weight if conv.weight.ndim == 5 else conv.weight.unsqueeze(2)  # (d, 1, kt, kh, kw)
-        if torch.is_grad_enabled() and z.requires_grad and frames.numel() >= _PER_TAP_MIN_NUMEL:
-            out = self._conv_per_tap(frames, conv, weight, n)
+        training = torch.is_grad_enabled() and z.requires_grad
+        if training and frames.numel() < _PER_HEAD_MAX_NUMEL:
+            # small grids: one contiguous (B * heads, d, T, H, W) conv, whose backward is the fast one there
+            heads_first = frames.reshape(b, t, h, w, n, d).permute(0, 4, 5, 1, 2, 3).reshape(b * n, d, t, h, w)
+            out = F.conv3d(heads_first, weight, None, conv.stride, conv.padding, 1, d)
+            new_grid = tuple(out.shape[2:])
+            out = out.reshape(b, n, d, -1).permute(0, 3, 1, 2)  # (B, N', heads, d)
         else:
-            out = F.conv3d(frames.permute(0, 4, 1, 2, 3), weight.repeat(n, 1, 1, 1, 1), None, conv.stride,
-                           conv.padding, 1, c).transpose(1, 2)  # (B, T', C, H', W'), channels-last
-        new_grid = (out.shape[1], *out.shape[3:])
-        out = out.permute(0, 1, 3, 4, 2).reshape(b, -1, n, d)  # (B, N', heads, d)
+            if training and frames.numel() >= _PER_TAP_MIN_NUMEL:
+                out = self._conv_per_tap(frames, conv, weight, n)
+            else:
+                out = F.conv3d(frames.permute(0, 4, 1, 2, 3), weight.repeat(n, 1, 1, 1, 1), None, conv.stride,
+                               conv.padding, 1, c).transpose(1, 2)  # (B, T', C, H', W'), channels-last
+            new_grid = (out.shape[1], *out.shape[3:])
+            out = out.permute(0, 1, 3, 4, 2).reshape(b, -1, n, d)  # (B, N', heads, d)
         if p:
             out = torch.cat([z[:, :p], out], dim=1)
         return norm(out), new_grid
@@ -226,9 +238,13 @@ class MultiScaleAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, Grid]:
         b, length, _ = x.shape
-        # three projections instead of one fused qkv output: each of q, k, v is then dense for the pooling
-        weights, biases = self.qkv.weight.chunk(3), self.qkv.bias.chunk(3) if self.qkv.bias is not None else [None] * 3
-        q, k, v = (F.linear(x, wt, bs).view(b, length, self.num_heads, self.head_dim) for wt, bs in zip(weights, biases))
+        if b * length < _SPLIT_QKV_MIN_TOKENS:  # one matmul: few tokens, where a matmul's cost is its weights
+            q, k, v = self.qkv(x).view(b, length, 3, self.num_heads, self.head_dim).unbind(2)
+        else:  # three projections: each of q, k, v is then dense for the pooling
+            weights = self.qkv.weight.chunk(3)
+            biases = self.qkv.bias.chunk(3) if self.qkv.bias is not None else [None] * 3
+            q, k, v = (F.linear(x, wt, bs).view(b, length, self.num_heads, self.head_dim)
+                       for wt, bs in zip(weights, biases))
         q, q_grid = self._pool(q, self.pool_q, self.norm_q, grid)
         k, k_grid = self._pool(k, self.pool_k, self.norm_k, grid)
         v, _ = self._pool(v, self.pool_v, self.norm_v, grid)
