@@ -312,3 +312,16 @@ def test_checkpoint_file_continues_its_run_unless_epoch_reset(tmp_path):
     with pytest.raises(UsageError, match="not a vidformer training checkpoint"):
         Trainer(tiny_cfg(tmp_path / "d", "TRAIN.CHECKPOINT_FILE_PATH", weights_only,
                          "TRAIN.CHECKPOINT_EPOCH_RESET", "False"), build_loader=toy_loader)
+
+
+def test_initial_weights_that_do_not_fit_are_refused_unless_allowed(tmp_path):
+    model = Trainer(tiny_cfg(tmp_path / "a", "SOLVER.MAX_EPOCH", "1"), build_loader=toy_loader).model
+    state = model.state_dict()
+    half = str(tmp_path / "half.pth")
+    torch.save(dict(list(state.items())[: len(state) // 2]), half)
+    with pytest.raises(UsageError, match="does not fit the model"):
+        Trainer(tiny_cfg(tmp_path / "b", "TRAIN.CHECKPOINT_FILE_PATH", half), build_loader=toy_loader)
+    allowed = Trainer(tiny_cfg(tmp_path / "c", "TRAIN.CHECKPOINT_FILE_PATH", half, "TRAIN.ALLOW_PARTIAL", "True"),
+                      build_loader=toy_loader)
+    first = next(iter(state))
+    assert torch.equal(allowed.model.state_dict()[first], state[first])

@@ -104,6 +104,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     resume.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                         help="resume from CHECKPOINT, or bare: the latest in OUTPUT_DIR (the default, TRAIN.AUTO_RESUME)")
     resume.add_argument("--no-resume", dest="resume", action="store_false", help="start from scratch")
+    _allow_partial_arg(p)
     _seed_arg(p)
 
 
@@ -113,7 +114,8 @@ def _train(args: argparse.Namespace) -> int:
     from vidformer.engine.evaluator import run_test
     from vidformer.engine.trainer import STOPPED_EXIT_CODE, NonFiniteLossError, NonFiniteWeightsError, Trainer, latest_checkpoint
 
-    cfg = get_cfg(args.config, _overrides(args))
+    opts = _overrides(args) + (["TRAIN.ALLOW_PARTIAL", "True", "TEST.ALLOW_PARTIAL", "True"] if args.allow_partial else [])
+    cfg = get_cfg(args.config, opts)
     check_output_dir(cfg.OUTPUT_DIR)
     env = distributed.init_distributed()
     try:

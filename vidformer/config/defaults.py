@@ -54,6 +54,8 @@ _C.TRAIN.CHECKPOINT_INFLATE = "average"
 # True: take only the weights of TRAIN.CHECKPOINT_FILE_PATH and start at epoch 0 (fine-tuning).
 # False: continue that training checkpoint's run (epoch, optimizer, schedule, RNG).
 _C.TRAIN.CHECKPOINT_EPOCH_RESET = True
+# Initial weights that fill less of the model than LoadReport.check_fit asks (`vidformer train --allow-partial`).
+_C.TRAIN.ALLOW_PARTIAL = False
 # Mixed precision: "none", "bf16" or "fp16" (fp16 uses loss scaling).
 _C.TRAIN.MIXED_PRECISION = "none"
 # Keep attention (softmax and the matmuls around it) in fp32 under autocast.

@@ -242,6 +242,7 @@ class Trainer:
                 report = load_pretrained(self.model, cfg.TRAIN.CHECKPOINT_FILE_PATH,
                                          inflate=cfg.TRAIN.CHECKPOINT_INFLATE, strict=False)
                 self.logger.info(f"initial weights from {cfg.TRAIN.CHECKPOINT_FILE_PATH}\n{report}")
+                report.check_fit(cfg.TRAIN.ALLOW_PARTIAL)
             else:  # PySlowFast's meaning: carry on that run's epoch, optimizer and schedule
                 path = cfg.TRAIN.CHECKPOINT_FILE_PATH
                 resume_from = (path, self._training_checkpoint(path))
