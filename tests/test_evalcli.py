@@ -208,6 +208,10 @@ def test_saved_scores_ensemble_equals_the_hand_ensemble(tmp_path, capsys):
     metrics = json.loads((tmp_path / "ens" / "test_metrics.json").read_text())
     assert metrics["top1"] == pytest.approx(top1) and metrics["ensemble"]["files"] == [a, b]
     assert json.loads(capsys.readouterr().out.splitlines()[0])["top1"] == pytest.approx(top1)
+    with pytest.MonkeyPatch.context() as env:  # under torchrun only rank 0 writes the ensemble's files
+        env.setenv("RANK", "1"), env.setenv("WORLD_SIZE", "2"), env.setenv("LOCAL_RANK", "1")
+        assert cli.main(["test", "OUTPUT_DIR", str(tmp_path / "rank1"), "--scores", a, b]) == 0
+    assert not (tmp_path / "rank1" / "test_metrics.json").exists()
     # a model tested with adaptive views: the views it did not run are NaN and weigh nothing; each model
     # counts as the mean of the views it used
     c = _saved(tmp_path, "c", ViewTable(other, 2.0), "TEST.ADAPTIVE_VIEWS", "0.9")

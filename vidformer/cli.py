@@ -160,6 +160,8 @@ def _test(args: argparse.Namespace) -> int:
             raise UsageError("--scores ensembles saved scores; it takes no --checkpoint or --save-scores")
         cfg = get_cfg(args.config, opts)
         check_output_dir(cfg.OUTPUT_DIR)
+        if not distributed.detect_env().is_main:  # no model runs: under torchrun/srun, one process writes
+            return 0
         metrics = run_ensemble(cfg, args.scores)
     else:
         if not args.config:
