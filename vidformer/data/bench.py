@@ -37,13 +37,14 @@ from vidformer.data.transforms import normalize, short_side_resize, uniform_crop
 __all__ = ["run_data_benchmark", "format_table", "run_memory_benchmark", "format_memory_table", "write_camera_video"]
 
 # The videos: per set, its size, length and count; `view_rounds` passes of the multi-view jobs on its
-# first video (a decode per view of 10 x 3 views is 30 decodes). quick: small files for tests.
+# first video, with the decode-per-view baseline where `per_view` (that is 30 decodes of 10 x 3 views,
+# minutes at 720p). quick: small files for tests.
 _VIDEO_SETS = {
     False: (
-        dict(name="256p", width=456, height=256, seconds=10, count=3, view_rounds=2),
-        dict(name="720p", width=1280, height=720, seconds=10, count=1, view_rounds=1),
+        dict(name="256p", width=456, height=256, seconds=10, count=3, view_rounds=2, per_view=True),
+        dict(name="720p", width=1280, height=720, seconds=10, count=1, view_rounds=2, per_view=False),
     ),
-    True: (dict(name="96p", width=128, height=96, seconds=2, count=2, view_rounds=2),),
+    True: (dict(name="96p", width=128, height=96, seconds=2, count=2, view_rounds=2, per_view=True),),
 }
 # full: MViTv2-S K400 geometry (16x4 clips, RandomResizedCrop to 224, 10 x 3 test views)
 _CLIPS = {
@@ -57,7 +58,7 @@ _BASELINE_BACKEND = "pyav"
 def write_camera_video(path: str, *, seconds: int = 10, height: int = 720, width: int = 1280, fps: int = 30, audio: bool = True) -> str:
     """A camera-like H.264 file: a pan over fine random texture with sensor grain (a new noise pattern
     every frame, cycled over 17), crf 23, a keyframe every 250 frames, an AAC track when `audio`:
-    about 0.9 Mbit/s at 456x256 and 2.5 Mbit/s at 720p, like a YouTube upload."""
+    about 0.5 Mbit/s at 456x256 (Kinetics files run 0.3-1) and 3.7 Mbit/s at 720p, like a YouTube upload."""
     rng = np.random.default_rng(0)
     cells = rng.integers(0, 256, (2 * height // 16 + 1, 2 * width // 16 + 1, 3), dtype=np.uint8)
     scene = np.kron(cells, np.ones((16, 16, 1), np.uint8))
@@ -175,7 +176,7 @@ def run_data_benchmark(*, quick: bool = False, root: str | None = None, backends
                     train_jobs[(row, "sample")] = (jobs.sample, list(range(len(items))))
                     train_jobs[(row, "decode")] = (jobs.decode, list(range(len(items))))
                     view_jobs[(row, "one_decode")] = (lambda path, cfg=cfg, b=backend: decode_views(path, cfg, s["clips"], s["crops"], b), items[:1])
-                    if backend == _BASELINE_BACKEND:
+                    if backend == _BASELINE_BACKEND and video["per_view"]:
                         view_jobs[(row, "per_view")] = (_one_decode_per_view(cfg, backend), items[:1])
                 log(f"{video['name']}: training clips")
                 seconds = _alternating_medians(train_jobs, s["repeats"])
@@ -314,4 +315,70 @@ def format_memory_table(result: dict) -> str:
         )
     worst = max(jobs["views"]["added_peak_mb"] for jobs in result["jobs"].values())
     lines += ["", f"goal: views add at most {result['goal_mb']:.0f} MB: {'met' if worst <= result['goal_mb'] else 'NOT met'} (worst {worst:.0f} MB)"]
+    return "\n".join(lines)
+
+
+# --- DataLoader settings ---------------------------------------------------------------------------
+
+
+def _loader_epochs(cfg, epochs: int, step_s: float, **settings) -> dict:
+    """Seconds to the first batch and per batch after it, per epoch, of a train loader built by
+    build_loader with its DataLoader settings replaced by `settings`; each batch is followed by a
+    `step_s` pause (the training step the workers run ahead of)."""
+    from vidformer.data.loader import build_loader
+
+    base = build_loader(cfg, "train")
+    loader = type(base)(base.dataset, max_failed_fraction=1.0, split="train", batch_size=base.batch_size, sampler=base.sampler,
+                        num_workers=base.num_workers, drop_last=True, collate_fn=base.collate_fn,
+                        worker_init_fn=base.worker_init_fn, **settings)  # fmt: skip
+    first, per_batch = [], []
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        start = time.perf_counter()
+        for i, _ in enumerate(loader):
+            if i == 0:
+                first.append(time.perf_counter() - start)
+                start = time.perf_counter()
+            time.sleep(step_s)
+        per_batch.append((time.perf_counter() - start) / i - step_s)
+    return {"first_batch_s": first, "wait_per_batch_s": per_batch}
+
+
+def run_loader_benchmark(*, root: str | None = None, workers: int = 2, epochs: int = 3, log=print) -> dict:
+    """DataLoader settings on Kinetics-like 256p videos: persistent workers (epoch start), prefetch
+    factor (the wait per batch behind a training step as long as a batch's loading), pinned memory
+    (only with CUDA: the copy of a batch to the GPU)."""
+    s, video = _CLIPS[False], _VIDEO_SETS[False][0]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = root or tmp
+        os.makedirs(root, exist_ok=True)
+        paths = _write_videos(root, (video,), log)[video["name"]]
+        with open(os.path.join(root, "train.csv"), "w") as f:
+            f.write("".join(f"{path} {k % 2}\n" for k in range(4) for path in paths))
+        cfg = _cfg(s, "pyav")
+        cfg.defrost()
+        cfg.DATA.PATH_TO_DATA_DIR, cfg.TRAIN.BATCH_SIZE, cfg.DATA_LOADER.NUM_WORKERS = root, workers, workers
+        sample = _TrainJobs(cfg, paths)
+        sample.sample(0)
+        start = time.perf_counter()
+        sample.sample(1)
+        step_s = time.perf_counter() - start  # the workers load a batch (one video each) in about one sample's time
+        result = {"workers": workers, "batch": workers, "step_s": step_s, "runs": {}}
+        runs = {
+            "default (not persistent, prefetch 2)": dict(persistent_workers=False, prefetch_factor=2),
+            "persistent, prefetch 2": dict(persistent_workers=True, prefetch_factor=2),
+            "persistent, prefetch 4": dict(persistent_workers=True, prefetch_factor=4),
+        }
+        for name, settings in runs.items():
+            log(f"loader: {name}")
+            result["runs"][name] = _loader_epochs(cfg, epochs, step_s, **settings)
+    return result
+
+
+def format_loader_table(result: dict) -> str:
+    lines = [f"train loader, {result['workers']} workers, batch {result['batch']}, a {result['step_s']:.2f} s step after each batch",
+             f"{'settings':<40}{'first batch, epoch 1 / later (s)':>34}{'wait per batch (s)':>20}"]  # fmt: skip
+    for name, run in result["runs"].items():
+        first = run["first_batch_s"]
+        lines.append(f"{name:<40}{first[0]:>20.2f} / {statistics.median(first[1:]):<11.2f}{statistics.median(run['wait_per_batch_s']):>20.3f}")
     return "\n".join(lines)

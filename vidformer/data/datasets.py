@@ -11,7 +11,7 @@ A record's source is a video file or, for frame-folder datasets, its FrameFiles 
 import numpy as np
 import torch
 from fvcore.common.config import CfgNode
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from vidformer.data.decoders import DecodeError
 from vidformer.data.failures import MAX_REPLACEMENTS
@@ -21,11 +21,20 @@ from vidformer.data.sampling import train_clip_indices, view_clip_indices
 from vidformer.data.transforms import TrainTransform, views_from_frames
 from vidformer.errors import ConfigError
 
-__all__ = ["ClipDataset", "ViewDataset", "decode_views", "check_view_config"]
+__all__ = ["ClipDataset", "ViewDataset", "decode_views", "check_view_config", "empty_for_transfer"]
 
 
 def _to_tchw(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, H, W, C) -> (T, C, H, W)
+
+
+def empty_for_transfer(shape: tuple[int, ...]) -> torch.Tensor:
+    """torch.empty(shape), in shared memory when called in a DataLoader worker. What a worker returns
+    goes to the main process through shared memory, and a tensor not there yet is copied into it
+    first; for the 10 x 3 views of a video that copy costs more than cutting them. Written there
+    from the start, it crosses as it is (torch's default_collate allocates its batches so, too)."""
+    out = torch.empty(shape)
+    return out.share_memory_() if get_worker_info() is not None else out
 
 
 def check_view_config(cfg: CfgNode, num_crops: int) -> None:
@@ -48,7 +57,9 @@ def decode_views(path: "str | FrameFiles", cfg: CfgNode, num_clips: int, num_cro
         clips = view_clip_indices(reader.num_frames, reader.fps, cfg.DATA, num_clips)
         needed = np.unique(np.concatenate(clips))
         frames = ((index, torch.from_numpy(frame).permute(2, 0, 1)) for index, frame in reader.iter_frames(needed))
-        return views_from_frames(frames, clips, cfg, num_crops)
+        size = cfg.DATA.TEST_CROP_SIZE
+        views = empty_for_transfer((len(clips) * num_crops, 3, len(clips[0]), size, size))  # RGB
+        return views_from_frames(frames, clips, cfg, num_crops, out=views)
 
 
 class ClipDataset(Dataset):
@@ -62,13 +73,22 @@ class ClipDataset(Dataset):
         self.records = records
         self.train = train
         self.seed = seed
-        self.epoch = 0
+        # in shared memory, so persistent DataLoader workers (forked once) see the epoch set_epoch sets
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self.backend = cfg.DATA.DECODING_BACKEND
         self.num_samples = cfg.AUG.NUM_SAMPLE if train else 1
         if train:
             self.transform = TrainTransform(cfg)
         else:
             check_view_config(cfg, 1)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return len(self.records)
