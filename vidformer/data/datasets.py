@@ -11,7 +11,7 @@ A record's source is a video file or, for frame-folder datasets, its FrameFiles 
 import numpy as np
 import torch
 from fvcore.common.config import CfgNode
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 
 from vidformer.data.decoders import DecodeError
 from vidformer.data.failures import MAX_REPLACEMENTS
@@ -21,20 +21,11 @@ from vidformer.data.sampling import train_clip_indices, view_clip_indices
 from vidformer.data.transforms import TrainTransform, views_from_frames
 from vidformer.errors import ConfigError
 
-__all__ = ["ClipDataset", "ViewDataset", "decode_views", "check_view_config", "empty_for_transfer"]
+__all__ = ["ClipDataset", "ViewDataset", "decode_views", "check_view_config"]
 
 
 def _to_tchw(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).permute(0, 3, 1, 2)  # (T, H, W, C) -> (T, C, H, W)
-
-
-def empty_for_transfer(shape: tuple[int, ...]) -> torch.Tensor:
-    """torch.empty(shape), in shared memory when called in a DataLoader worker. What a worker returns
-    goes to the main process through shared memory, and a tensor not there yet is copied into it
-    first; for the 10 x 3 views of a video that copy costs more than cutting them. Written there
-    from the start, it crosses as it is (torch's default_collate allocates its batches so, too)."""
-    out = torch.empty(shape)
-    return out.share_memory_() if get_worker_info() is not None else out
 
 
 def check_view_config(cfg: CfgNode, num_crops: int) -> None:
@@ -57,9 +48,7 @@ def decode_views(path: "str | FrameFiles", cfg: CfgNode, num_clips: int, num_cro
         clips = view_clip_indices(reader.num_frames, reader.fps, cfg.DATA, num_clips)
         needed = np.unique(np.concatenate(clips))
         frames = ((index, torch.from_numpy(frame).permute(2, 0, 1)) for index, frame in reader.iter_frames(needed))
-        size = cfg.DATA.TEST_CROP_SIZE
-        views = empty_for_transfer((len(clips) * num_crops, 3, len(clips[0]), size, size))  # RGB
-        return views_from_frames(frames, clips, cfg, num_crops, out=views)
+        return views_from_frames(frames, clips, cfg, num_crops)
 
 
 class ClipDataset(Dataset):

@@ -15,8 +15,7 @@ starts without forking the workers again and importing the decoders in each (the
 later epoch came 19 % sooner and the wait per batch was lower); the epoch reaches them through
 shared memory (ClipDataset.epoch). prefetch_factor stays 2: 4 did not wait less, and it holds twice
 the batches in shared memory (a batch of 8 MViTv2-S samples is 150 MB). Pinned memory (DATA_LOADER.PIN_MEMORY)
-only where CUDA is, where it lets the trainer's non_blocking copy overlap the step; a worker writes
-its batch into shared memory directly (empty_for_transfer).
+only where CUDA is, where it lets the trainer's non_blocking copy overlap the step.
 """
 
 import signal
@@ -25,7 +24,7 @@ import torch
 from fvcore.common.config import CfgNode
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from vidformer.data.datasets import ClipDataset, ViewDataset, check_view_config, decode_views, empty_for_transfer
+from vidformer.data.datasets import ClipDataset, ViewDataset, check_view_config, decode_views
 from vidformer.data.decoders import BACKENDS, available_backends
 from vidformer.data.failures import FailureTracker
 from vidformer.data.records import VideoRecord, read_records
@@ -44,10 +43,8 @@ def collate_clips(items: list[dict]) -> dict:
     if gave_up:
         return {"video": None, "label": None, "index": None, "failed": failed, "gave_up": gave_up}
     counts = [item["video"].shape[0] for item in items]
-    first = items[0]["video"]
-    video = torch.cat([item["video"] for item in items], out=empty_for_transfer((sum(counts), *first.shape[1:])))
     return {
-        "video": video,
+        "video": torch.cat([item["video"] for item in items]),
         "label": torch.tensor([item["label"] for item, n in zip(items, counts) for _ in range(n)], dtype=torch.long),
         "index": torch.tensor([item["index"] for item, n in zip(items, counts) for _ in range(n)], dtype=torch.long),
         "failed": failed,

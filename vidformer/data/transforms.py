@@ -175,11 +175,9 @@ def view_short_side(cfg: CfgNode, num_crops: int) -> int:
     return cfg.DATA.TEST_CROP_SIZE if num_crops > 1 else cfg.DATA.TRAIN_JITTER_SCALES[0]
 
 
-def views_from_frames(frames: Iterable[tuple[int, torch.Tensor]], clips: Sequence[Sequence[int]], cfg: CfgNode, num_crops: int,
-                      out: torch.Tensor | None = None) -> torch.Tensor:
+def views_from_frames(frames: Iterable[tuple[int, torch.Tensor]], clips: Sequence[Sequence[int]], cfg: CfgNode, num_crops: int) -> torch.Tensor:
     """All views of one video: (len(clips) * num_crops, C, T, S, S), view k = temporal clip k // num_crops,
     crop k % num_crops (the centre crop when num_crops == 1); clips[t] are the frame numbers of clip t.
-    Written into `out` when given.
 
     `frames` yields (frame number, uint8 (C, H, W)) for every frame number the clips use, once each, in
     any order. Each frame is made float in [0, 1], its short side resized for the views, normalised,
@@ -199,7 +197,7 @@ def views_from_frames(frames: Iterable[tuple[int, torch.Tensor]], clips: Sequenc
             # the one full-resolution float frame, channels last like the decoded (H, W, C) frames: the
             # copy is then straight and the resize 1.6x faster, with the same values
             scratch = torch.empty((1, *frame.shape), memory_format=torch.channels_last)
-            views = torch.empty((len(clips) * num_crops, frame.shape[0], len(clips[0]), size, size)) if out is None else out
+            views = torch.empty((len(clips) * num_crops, frame.shape[0], len(clips[0]), size, size))
         elif frame.shape != scratch.shape[1:]:
             raise ValueError(f"frame {index} is {tuple(frame.shape[1:])} after frames of {tuple(scratch.shape[2:])}; a video changing size mid-stream")
         scratch[0].copy_(frame)
