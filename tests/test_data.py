@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from vidformer.config import get_cfg
+from torchvision import tv_tensors
+
 from vidformer.data import (
     DecodeError,
     TooManyFailedVideos,
@@ -21,7 +23,7 @@ from vidformer.data import (
 )
 from vidformer.data.sampling import clip_start, segment_indices
 from vidformer.data.synthetic import read_frame_numbers, write_frame_number_video, write_video
-from vidformer.data.transforms import TrainTransform, make_views, parse_randaugment
+from vidformer.data.transforms import TrainTransform, make_views, normalize, parse_randaugment, short_side_resize, uniform_crop
 from vidformer.errors import UsageError
 
 TINY = [
@@ -127,6 +129,10 @@ def test_epochs_are_reproducible_and_workers_do_not_change_samples(kinetics):
     assert not torch.equal(first[0], next(iter(again))["video"])
     workers = build_loader(tiny_cfg(kinetics, "AUG.ENABLE", "True", "DATA_LOADER.NUM_WORKERS", "2"), "train", seed=5)
     assert all(torch.equal(a, b["video"]) for a, b in zip(first, workers))
+    # the next epoch's samples reach the (persistent) workers too
+    workers.set_epoch(1)
+    again.set_epoch(1)
+    assert all(torch.equal(a["video"], b["video"]) for a, b in zip(again, workers))
 
 
 def test_distributed_split(kinetics):
@@ -308,6 +314,50 @@ def test_train_transform_uses_one_set_of_parameters_per_clip():
     assert parse_randaugment("rand-m7-n4-mstd0.5-inc1") == {"num_ops": 4, "magnitude": 7, "num_magnitude_bins": 11}
     with pytest.raises(UsageError, match="AUG.AA_TYPE"):
         parse_randaugment("autoaug-v0")
+
+
+@pytest.mark.parametrize("overrides", [
+    [],  # RandomResizedCrop, flip
+    ["DATA.TRAIN_JITTER_SCALES_RELATIVE", "[]"],  # short-side jitter, random crop
+    ["AUG.COLOR_JITTER", "0.4", "AUG.RE_PROB", "1.0", "AUG.RE_MODE", "const"],  # chunked, erasing
+])  # fmt: skip
+def test_train_transform_computes_the_torchvision_pipeline_bit_for_bit(overrides):
+    cfg = get_cfg(overrides=[*TINY, *overrides])
+    transform = TrainTransform(cfg)
+    frames = torch.randint(0, 256, (6, 50, 70, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)).permute(0, 3, 1, 2)
+    for seed in range(4):
+        torch.manual_seed(seed)
+        fast, after_fast = transform(frames), torch.rand(1)
+        torch.manual_seed(seed)
+        whole = transform.transform(tv_tensors.Video(frames)).as_subclass(torch.Tensor).permute(1, 0, 2, 3)
+        assert fast.is_contiguous() and torch.equal(fast, whole) and torch.equal(after_fast, torch.rand(1))
+
+
+@pytest.mark.parametrize("crops,views", [(3, 6), (1, 2)])
+def test_views_equal_the_plain_definition_bit_for_bit(tmp_path, crops, views):
+    # the definition: every needed frame float, short side resized, normalised, then the clip's crop
+    frames = np.random.default_rng(2).integers(0, 256, (40, 12, 16, 3), dtype=np.uint8).repeat(4, axis=1).repeat(4, axis=2)
+    write_video(str(tmp_path / "v.mp4"), frames)
+    cfg = tiny_cfg(tmp_path, "TEST.NUM_SPATIAL_CROPS", str(crops))
+    got = load_video_views(str(tmp_path / "v.mp4"), cfg)
+    with open_video(str(tmp_path / "v.mp4")) as reader:
+        decoded = torch.from_numpy(reader.get_frames(range(40))).permute(0, 3, 1, 2)
+    resized = normalize(short_side_resize(decoded.float() / 255.0, 32 if crops == 3 else 40), cfg.DATA.MEAN, cfg.DATA.STD)
+    clips = [[0, 2, 4, 7], [32, 34, 36, 39]]  # 4 x 2 = 8 frames at the start and the end, linspace rounded down
+    expected = [uniform_crop(resized[clip], 32, k if crops == 3 else 1).permute(1, 0, 2, 3) for clip in clips for k in range(crops)]
+    assert got.shape == (views, 3, 4, 32, 32) and torch.equal(got, torch.stack(expected))
+
+
+def test_pyav_frames_are_those_of_a_plain_sequential_decode(tmp_path):
+    import av
+
+    path = str(tmp_path / "v.mp4")
+    write_video(path, np.random.default_rng(3).integers(0, 256, (30, 24, 40, 3), dtype=np.uint8), gop=10)
+    with av.open(path) as container:
+        plain = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+    indices = [29, 3, 3, 12, 0]
+    with open_video(path) as reader:
+        assert np.array_equal(reader.get_frames(indices), plain[indices])
 
 
 def test_label_names(kinetics, tmp_path):

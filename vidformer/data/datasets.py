@@ -18,7 +18,7 @@ from vidformer.data.failures import MAX_REPLACEMENTS
 from vidformer.data.frames import FrameFiles, open_source
 from vidformer.data.records import VideoRecord
 from vidformer.data.sampling import train_clip_indices, view_clip_indices
-from vidformer.data.transforms import TrainTransform, cut_views, resize_for_views
+from vidformer.data.transforms import TrainTransform, views_from_frames
 from vidformer.errors import ConfigError
 
 __all__ = ["ClipDataset", "ViewDataset", "decode_views", "check_view_config"]
@@ -41,16 +41,14 @@ def check_view_config(cfg: CfgNode, num_crops: int) -> None:
 
 def decode_views(path: "str | FrameFiles", cfg: CfgNode, num_clips: int, num_crops: int, backend: str) -> torch.Tensor:
     """All num_clips x num_crops views of one video (a file or its FrameFiles) from ONE decode:
-    (V, C, T, S, S), view k = clip k // num_crops, crop k % num_crops. Each needed frame is resized as
-    it is decoded, so memory holds the resized frames and the views, never all frames at full
-    resolution. Raises DecodeError."""
+    (V, C, T, S, S), view k = clip k // num_crops, crop k % num_crops. Each needed frame is decoded
+    once, resized as it is decoded and copied into the views that show it (views_from_frames), so
+    memory holds the views, never the frames at full resolution. Raises DecodeError."""
     with open_source(path, backend) as reader:
         clips = view_clip_indices(reader.num_frames, reader.fps, cfg.DATA, num_clips)
         needed = np.unique(np.concatenate(clips))
-        frames = (torch.from_numpy(frame).permute(2, 0, 1) for _, frame in reader.iter_frames(needed))  # ascending = needed
-        resized = resize_for_views(frames, len(needed), cfg, num_crops)  # (N, C, h, w), each needed frame once
-    rows = [torch.from_numpy(np.searchsorted(needed, clip)) for clip in clips]
-    return cut_views(resized, rows, cfg, num_crops)
+        frames = ((index, torch.from_numpy(frame).permute(2, 0, 1)) for index, frame in reader.iter_frames(needed))
+        return views_from_frames(frames, clips, cfg, num_crops)
 
 
 class ClipDataset(Dataset):
@@ -64,13 +62,22 @@ class ClipDataset(Dataset):
         self.records = records
         self.train = train
         self.seed = seed
-        self.epoch = 0
+        # in shared memory, so persistent DataLoader workers (forked once) see the epoch set_epoch sets
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self.backend = cfg.DATA.DECODING_BACKEND
         self.num_samples = cfg.AUG.NUM_SAMPLE if train else 1
         if train:
             self.transform = TrainTransform(cfg)
         else:
             check_view_config(cfg, 1)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -94,10 +101,16 @@ class ClipDataset(Dataset):
         with open_source(path, self.backend) as reader:
             indices = train_clip_indices(reader.num_frames, reader.fps, self.cfg.DATA, rng)
             frames = _to_tchw(reader.get_frames(indices))  # (T, C, H, W) uint8
-        # torchvision's random transforms draw from torch's global generator: seed it per sample
+        crop = self.transform.crop_size
+        video = torch.empty((self.num_samples, frames.shape[1], len(frames), crop, crop))
+        # torchvision's random transforms draw from torch's global CPU generator: seed it per sample
+        # (torch.manual_seed would also queue a seed for every accelerator, formatting a stack trace
+        # each time: 5 ms a sample)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return torch.stack([self.transform(frames) for _ in range(self.num_samples)])
+            torch.default_generator.manual_seed(seed)
+            for clip in video:
+                self.transform(frames, out=clip)
+        return video
 
 
 class ViewDataset(Dataset):

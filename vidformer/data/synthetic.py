@@ -98,6 +98,7 @@ def write_video(
     bframes: int | None = None,
     rotation: int = 0,
     audio: bool = False,
+    threads: int = 1,
 ) -> None:
     """Encode uint8 RGB frames (T, H, W, 3), or any iterable of (H, W, 3) frames, to `path` with PyAV;
     keyframe every `gop` frames.
@@ -105,7 +106,8 @@ def write_video(
     The awkward files of the field, for tests: `pts` gives each frame's presentation timestamp in
     `time_base` units (variable rate, jitter, gaps, a late start; default i / fps); `bframes` sets
     libx264's B-frame count (crf 0 encodes none); `rotation` writes a display matrix (counter-clockwise
-    degrees, as phones do); `audio` adds a silent AAC track beside the video.
+    degrees, as phones do); `audio` adds a silent AAC track beside the video. `threads` encoder threads
+    (0: FFmpeg's choice); with one, the file's bytes depend on the frames only.
     """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     frames = iter(frames)
@@ -123,8 +125,7 @@ def write_video(
         # 4:2:0 chroma needs even sides; an odd-sized test video is written 4:4:4
         stream.pix_fmt = "yuv420p" if height % 2 == width % 2 == 0 else "yuv444p"
         stream.codec_context.gop_size = gop
-        # one encoder thread: the file bytes then depend on the frames only
-        stream.codec_context.thread_count = 1
+        stream.codec_context.thread_count = threads
         if pts is not None:
             stream.time_base = stream.codec_context.time_base = time_base
         if rotation:
