@@ -308,7 +308,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, out_dir: str, overrides: 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides", [(), ("MODEL.COMPILE", "True", "MODEL.COMPILE_BACKEND", "aot_eager")],
+@pytest.mark.parametrize("overrides", [(), ("MODEL.COMPILE", "True", "MODEL.COMPILE_BACKEND", "eager")],
                          ids=["eager", "compiled"])
 def test_two_process_ddp_matches_one_process(tmp_path, overrides):
     """Also compiled: DDP wraps the compiled forward (dynamo's DDPOptimizer splits it at the gradient buckets)."""

@@ -319,20 +319,20 @@ def bench_model(name: str, s: BenchSettings, ceilings: dict, log=print) -> dict:
         # forward+backward costs about 3 forwards (the backward computes input and weight gradients)
         macs_per_clip = gmacs * (3 if mode == "train" else 1)
         for dtype in s.dtypes:
+            if s.compile:
+                torch._dynamo.reset()  # each configuration compiles anew (and dynamo's cache stays under its limit)
             compile_with = s.compile_options()
             steps = [make_step(pair.ours, x, mode, dtype, compile_with=compile_with),
                      make_step(pair.ref, x, mode, dtype, pair.ref_context, compile_with)]
-            first = [None, None]
-            if s.compile:
-                torch._dynamo.reset()  # each configuration compiles anew (and dynamo's cache stays under its limit)
-                first = [time_alternating([step], device, warmup=0, iters=1)[0] for step in steps]
+            # the first call compiles, then runs one step
+            first = [time_alternating([step], device, warmup=0, iters=1)[0] for step in steps] if s.compile else [None] * 2
             t_ours, t_ref = time_alternating(steps, device, s.warmup, s.iters)
             row = {"mode": mode, "dtype": dtype}
             for side, seconds, first_call in (("ours", t_ours, first[0]), ("reference", t_ref, first[1])):
                 clips = s.batch / seconds
                 row[side] = {"seconds": seconds, "clips_per_s": clips,
                              "matmul_fraction": macs_per_clip * clips / ceilings[dtype]["gmacs_per_s"]}
-                if first_call is not None:  # the first call compiles, then runs one step
+                if first_call is not None:
                     row[side] |= {"first_call_s": first_call, "compile_s": first_call - seconds}
                 if s.memory and mode == "train":
                     row[side]["peak_mem_mb"] = peak_memory_mb(name, side, mode, dtype, s)
@@ -381,8 +381,8 @@ def run_bench(s: BenchSettings, log=print) -> dict:
     ceilings = {d: matmul_rate(d, s.matmul_size, device) for d in s.dtypes}
     for d, c in ceilings.items():
         log(f"matmul {d} {c['n']}^3: {c['gflops_per_s']:.1f} GFLOP/s = {c['gmacs_per_s']:.1f} GMAC/s")
-    memory_method = MEMORY_METHOD[device.type] + ("; under compile the compiling first call runs before the "
-                                                  "memory before the first step is read" if s.compile else "")
+    memory_method = MEMORY_METHOD[device.type] + ("; under compile, the compiling first call runs before the "
+                                                  "baseline is read" if s.compile else "")
     result = {"machine": _machine(s), "settings": asdict(s), "memory_method": memory_method,
               "flop_convention": "GFLOPs per clip count one multiply-add as one FLOP (fvcore); fractions are of "
                                  "the matmul rate in the same units; forward+backward counted as 3x forward",
