@@ -418,7 +418,8 @@ def run_test(cfg: CfgNode, *, model: nn.Module | None = None, env: du.DistEnv | 
     thresholds, early_exit = _exit_thresholds(cfg, model, env, iter_videos)
     clips, crops = cfg.TEST.NUM_ENSEMBLE_VIEWS, cfg.TEST.NUM_SPATIAL_CROPS
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.TRAIN.MIXED_PRECISION) if device.type == "cuda" else None
-    # compiled for the views only (calibration and FLOP counting run the plain model); see compile_options
+    # compiled for the views only (calibration, FLOP counting and a cascade's forward_early_exit run the plain
+    # model); how many graphs: build.compile_options
     views_model = torch.compile(model, **cfg_compile_options(cfg)) if cfg.MODEL.COMPILE else model
     local = score_videos(views_model, iter_videos(cfg, cfg.TEST.SPLIT, rank=env.rank, world_size=env.world_size),
                          method=cfg.TEST.ENSEMBLE_METHOD, chunk=cfg.TEST.BATCH_SIZE, autocast_dtype=amp,

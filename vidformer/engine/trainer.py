@@ -4,9 +4,9 @@ One process or many (DDP under torchrun / srun); AdamW or SGD with a per-step wa
 schedule; mixed precision (bf16, or fp16 with loss scaling) with attention optionally kept in fp32;
 gradient accumulation (the non-final micro-batches of a window run forward and backward under DDP's
 no_sync, so one all-reduce per optimizer step) and clipping; label smoothing / mixup targets; an EMA
-of the weights; single-view validation every TRAIN.EVAL_PERIOD epochs; atomic checkpoints holding
-everything needed for an exact resume (model, optimizer, schedule, scaler, EMA, epoch, step, the
-position in the epoch, every rank's RNG states).
+of the weights; a torch.compile'd forward under MODEL.COMPILE; single-view validation every
+TRAIN.EVAL_PERIOD epochs; atomic checkpoints holding everything needed for an exact resume (model,
+optimizer, schedule, scaler, EMA, epoch, step, the position in the epoch, every rank's RNG states).
 
 A run survives its cluster: SIGTERM or SIGUSR1 (preemption, Slurm's `--signal=USR1@120`) lets the
 current optimizer step finish, writes a mid-epoch checkpoint and makes `fit` return with `stopped`
