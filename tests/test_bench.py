@@ -80,6 +80,23 @@ def test_cli_rejects_unknown_model(capsys):
     assert "no_such_model" in capsys.readouterr().err
 
 
+def test_cli_rejects_a_mode_the_compile_backend_does_not_take(capsys):
+    argv = ["bench", "--quick", "--no-data", "--compile", "--compile-backend", "aot_eager", "--compile-mode", "max-autotune"]
+    assert main(argv) == 2
+    assert "--compile-mode 'max-autotune' is a mode of the inductor backend" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compiled_bench_times_the_compile_apart(tmp_path):
+    s = BenchSettings.quick_settings(models=("poolformer_s12",), modes=("forward",), dtypes=("fp32",), threads=1, memory=False,
+                                     data=False, compile=True, compile_backend="eager")
+    (model,) = run_bench(s, log=lambda msg: None)["models"]
+    for row in model["results"]:
+        for side in ("ours", "reference"):
+            assert _positive(row[side]["first_call_s"]) and row[side]["compile_s"] == pytest.approx(
+                row[side]["first_call_s"] - row[side]["seconds"])
+
+
 @pytest.mark.slow
 def test_quick_bench_measures_mvitv2_against_torchvision_with_memory_and_data():
     s = BenchSettings.quick_settings(models=("mvitv2_s",), dtypes=("fp32", "bf16"), modes=("train",), threads=1)

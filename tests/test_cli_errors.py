@@ -78,6 +78,11 @@ def test_version_and_seed(capsys):
     assert _overrides(args) == ["SOLVER.BASE_LR", "0.1", "RNG_SEED", "7"]
 
 
+@pytest.mark.parametrize("verb", ["train", "test"])
+def test_compile_flag_sets_model_compile(verb):
+    assert _overrides(parse_args([verb, "--config", "c.yaml", "--compile"])) == ["MODEL.COMPILE", "True"]
+
+
 def test_overrides_are_accepted_anywhere_among_the_options():
     args = parse_args(["demo", "v.mp4", "TEST.BATCH_SIZE", "2", "--checkpoint", "w.pth", "DATA.NUM_FRAMES", "8",
                        "--topk", "3", "SOLVER.BASE_LR", "-0.5"])
@@ -96,6 +101,10 @@ def test_overrides_are_accepted_anywhere_among_the_options():
     ("{}\n", ["TRAIN.GRAD_ACCUM_STEPS", "-1"], ["TRAIN.GRAD_ACCUM_STEPS is -1"]),
     ("DATA:\n  NUM_FRAMES: -8\n", [], ["DATA.NUM_FRAMES is -8"]),
     ("MIXUP:\n  PROB: 1.5\n", [], ["MIXUP.PROB is 1.5", "between 0.0 and 1.0"]),
+    ("MODEL:\n  COMPILE_BACKEND: tvm\n", [], ["MODEL.COMPILE_BACKEND is 'tvm'", "inductor, cudagraphs, aot_eager, eager"]),
+    ("{}\n", ["MODEL.COMPILE_MODE", "fast"], ["MODEL.COMPILE_MODE is 'fast'", "default, reduce-overhead"]),
+    ("{}\n", ["MODEL.COMPILE_BACKEND", "aot_eager", "MODEL.COMPILE_MODE", "max-autotune"],
+     ["MODEL.COMPILE_MODE 'max-autotune' is a mode of the inductor backend", "MODEL.COMPILE_BACKEND 'aot_eager'"]),
 ])
 def test_config_mistakes_name_the_key(capsys, tmp_path, text, overrides, named):
     (tmp_path / "c.yaml").write_text(text)

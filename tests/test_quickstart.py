@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from vidformer.cli import main
 from vidformer.data import make_synthetic_dataset
@@ -48,6 +49,26 @@ def test_test_verb_on_the_checkpoint_gives_the_training_runs_numbers(trained, tm
     assert (after["top1"], after["top5"], after["num_videos"]) == (before["top1"], before["top5"], before["num_videos"])
     assert (tmp_path / "test_scores.pt").is_file()
     assert "test_metrics.json" in capsys.readouterr().out
+
+
+def test_test_verb_compiles_and_gives_eagers_view_logits(data, tmp_path):
+    """`vidformer test --compile` (MODEL.COMPILE; the aot_eager backend keeps it quick): 3 views in chunks of 2
+    compile two graphs (batch 2 and 1), once for all the videos. (Compiled training: tests/test_trainer.py.)"""
+    from torch._dynamo.utils import counters
+
+    out = str(tmp_path / "run")
+    tiny = [*TINY, "DATA.PATH_TO_DATA_DIR", data, "TEST.NUM_ENSEMBLE_VIEWS", "3", "TEST.BATCH_SIZE", "2"]
+    compiled = ["--compile", "MODEL.COMPILE_BACKEND", "aot_eager"]
+    assert main(["train", "--config", "configs/quickstart.yaml", "OUTPUT_DIR", out, "TEST.ENABLE", "False", *tiny]) == 0
+    scores = {}
+    for name, flags in (("eager", []), ("compiled", compiled)):
+        graphs = counters["stats"]["unique_graphs"]
+        assert main(["test", "--config", "configs/quickstart.yaml", "--checkpoint", latest_checkpoint(out),
+                     "--save-scores", "OUTPUT_DIR", str(tmp_path / name), *tiny, *flags]) == 0
+        assert counters["stats"]["unique_graphs"] - graphs == (2 if flags else 0)
+        scores[name] = torch.load(tmp_path / name / "test_scores.pt", weights_only=True)
+    assert scores["compiled"]["view_logits"].shape == (4, 3, 4)
+    torch.testing.assert_close(scores["compiled"]["view_logits"], scores["eager"]["view_logits"], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.slow

@@ -191,6 +191,33 @@ def test_kill_and_resume_gives_identical_weights(tmp_path):
         assert torch.equal(value, resumed.ema.module.state_dict()[key]), key
 
 
+def test_compiled_training_keeps_plain_checkpoints_and_resumes_either_way(tmp_path):
+    """MODEL.COMPILE (aot_eager: dynamo's capture and autograd tracing, eager kernels) trains like eager; its
+    checkpoints hold the plain model's keys, so an eager run resumes a compiled one and the reverse."""
+    from torch._dynamo.utils import counters
+
+    common = ("SOLVER.MAX_EPOCH", "2", "TRAIN.EMA_DECAY", "0.5", "MODEL.COMPILE_BACKEND", "aot_eager")
+    compiled = ("MODEL.COMPILE", "True")
+    torch.manual_seed(0)
+    eager = Trainer(tiny_cfg(tmp_path / "eager", *common), build_loader=toy_loader)
+    eager.fit()
+    graphs = counters["stats"]["unique_graphs"]
+    for name, first, second in (("compiled_then_eager", compiled, ()), ("eager_then_compiled", (), compiled)):
+        torch.manual_seed(0)
+        cut = Trainer(tiny_cfg(tmp_path / name, *common, *first), build_loader=toy_loader)
+        cut.fit(stop_after_epoch=1)
+        ckpt = load_checkpoint_file(latest_checkpoint(str(tmp_path / name)))
+        assert list(ckpt["model_state"]) == list(ckpt["ema_state"]) == list(eager.model.state_dict())
+        resumed = Trainer(tiny_cfg(tmp_path / name, *common, *second), build_loader=toy_loader)
+        assert resumed.step == 4
+        resumed.fit()
+        for key, value in eager.model.state_dict().items():
+            torch.testing.assert_close(resumed.model.state_dict()[key], value, atol=1e-5, rtol=1e-4, msg=key)
+        for key, value in eager.ema.module.state_dict().items():
+            torch.testing.assert_close(resumed.ema.module.state_dict()[key], value, atol=1e-5, rtol=1e-4, msg=key)
+    assert counters["stats"]["unique_graphs"] > graphs  # dynamo did capture the training forward
+
+
 def test_nonfinite_loss_is_skipped_and_reported(tmp_path, caplog):
     def loader(cfg, split, **kw):
         return toy_loader(cfg, split, nan_index=(5,), **kw)

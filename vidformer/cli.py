@@ -16,7 +16,7 @@ import traceback
 import torch
 
 import vidformer
-from vidformer.config import check_output_dir
+from vidformer.config import COMPILE_BACKENDS, COMPILE_MODES, check_output_dir
 from vidformer.errors import UsageError
 
 
@@ -90,11 +90,18 @@ def _allow_partial_arg(p: argparse.ArgumentParser) -> None:
                    help="use weights that fill less than 90%% of the model (another model or size: refused otherwise)")
 
 
+def _compile_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compile", action="store_true",
+                   help="MODEL.COMPILE True: torch.compile the model's forward (MODEL.COMPILE_BACKEND, MODEL.COMPILE_MODE)")
+
+
 def _overrides(args: argparse.Namespace) -> list[str]:
-    """args.opts, then the flags that are config keys (--seed)."""
+    """args.opts, then the flags that are config keys (--seed, --compile)."""
     opts = list(args.opts)
     if getattr(args, "seed", None) is not None:
         opts += ["RNG_SEED", str(args.seed)]
+    if getattr(args, "compile", False):
+        opts += ["MODEL.COMPILE", "True"]
     return opts
 
 
@@ -106,6 +113,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     resume.add_argument("--no-resume", dest="resume", action="store_false", help="start from scratch")
     _allow_partial_arg(p)
     _seed_arg(p)
+    _compile_arg(p)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -147,6 +155,7 @@ def _test_args(p: argparse.ArgumentParser) -> None:
                         "order) by TEST.ENSEMBLE_METHOD; put KEY VALUE overrides before --scores")
     _allow_partial_arg(p)
     _seed_arg(p)
+    _compile_arg(p)
 
 
 def _test(args: argparse.Namespace) -> int:
@@ -357,6 +366,10 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-data", action="store_true", help="skip the data-loading benchmark")
     p.add_argument("--json", default=None, metavar="OUT", help="write every figure to this JSON file")
     p.add_argument("--quick", action="store_true", help="tiny models and shapes: a smoke test of the bench")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile both sides alike; the first call (compile included) is reported apart")
+    p.add_argument("--compile-backend", default="inductor", choices=COMPILE_BACKENDS, help="backend under --compile")
+    p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES, help="inductor's mode under --compile")
 
 
 def _bench(args: argparse.Namespace) -> int:

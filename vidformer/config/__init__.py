@@ -13,7 +13,13 @@ from fvcore.common.config import CfgNode
 from vidformer.config.defaults import get_defaults
 from vidformer.errors import ConfigError
 
-__all__ = ["get_cfg", "cfg_from_yaml", "CfgNode", "ConfigError", "check_output_dir", "model_overrides", "validate_cfg"]
+__all__ = ["get_cfg", "cfg_from_yaml", "CfgNode", "ConfigError", "check_output_dir", "model_overrides", "validate_cfg",
+           "COMPILE_BACKENDS", "COMPILE_MODES", "check_compile_settings"]
+
+# torch.compile backends shipped with torch (the names HF Trainer's torch_compile_backend and timm's
+# --torchcompile take too) and inductor's modes (torch._inductor.list_mode_options(), less "lite")
+COMPILE_BACKENDS = ("inductor", "cudagraphs", "aot_eager", "eager")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def get_cfg(config_file: str | None = None, overrides: Sequence[str] = ()) -> CfgNode:
@@ -68,6 +74,18 @@ def check_output_dir(path: str, key: str = "OUTPUT_DIR") -> None:
         raise ConfigError(f"{key} '{path}' {where}; expected a folder (or a path where one can be made)")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"{key} '{path}': '{existing}' is not writable; expected a folder you can write to")
+
+
+def check_compile_settings(backend: str, mode: str, keys: tuple[str, str] = ("MODEL.COMPILE_BACKEND", "MODEL.COMPILE_MODE")
+                           ) -> None:
+    """A torch.compile backend and mode that go together; `keys` name the two settings in the error."""
+    if backend not in COMPILE_BACKENDS:
+        raise ConfigError(f"{keys[0]} is {backend!r}; expected one of {', '.join(COMPILE_BACKENDS)}")
+    if mode not in COMPILE_MODES:
+        raise ConfigError(f"{keys[1]} is {mode!r}; expected one of {', '.join(COMPILE_MODES)}")
+    if mode != "default" and backend != "inductor":
+        raise ConfigError(f"{keys[1]} {mode!r} is a mode of the inductor backend; with {keys[0]} {backend!r} "
+                          f"expected 'default'")
 
 
 def _merge_file(cfg: CfgNode, path: str) -> None:
@@ -205,7 +223,8 @@ def _value(cfg: CfgNode, key: str):
 
 
 def validate_cfg(cfg: CfgNode) -> None:
-    """Every value the keys in _CHOICES and _RANGES may take, checked once for files and overrides alike."""
+    """Every value the keys in _CHOICES and _RANGES may take, and the pairs of keys that must agree, checked
+    once for files and overrides alike."""
     for key, choices in _CHOICES.items():
         value = _value(cfg, key)
         if value not in choices:
@@ -217,3 +236,4 @@ def validate_cfg(cfg: CfgNode) -> None:
                 bounds = f">= {low}" if high is None else f"between {low} and {high}"
                 raise ConfigError(f"{key} is {value!r}; expected {bounds}")
     model_overrides(cfg)
+    check_compile_settings(cfg.MODEL.COMPILE_BACKEND, cfg.MODEL.COMPILE_MODE)

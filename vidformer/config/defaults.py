@@ -34,6 +34,15 @@ _C.MODEL.DROPPATH_RATE = 0.1
 _C.MODEL.ACT_CHECKPOINT = False
 # Extra keyword arguments for the model builder, as a YAML/Python dict string, e.g. "{'embed_dim': 32}".
 _C.MODEL.OVERRIDES = "{}"
+# torch.compile the forward pass of training and of the test views (`--compile`); checkpoints keep the plain
+# model's keys. The first steps are slower while the graph compiles (a recompile per new input shape).
+_C.MODEL.COMPILE = False
+# torch.compile backend: "inductor" (generated kernels), "cudagraphs", or the debugging backends "aot_eager"
+# (graph capture and autograd tracing with eager kernels) and "eager" (graph capture only).
+_C.MODEL.COMPILE_BACKEND = "inductor"
+# inductor's mode: "default", "reduce-overhead" (CUDA graphs), "max-autotune" (searches kernel configs, CUDA
+# graphs), "max-autotune-no-cudagraphs"; other backends take only "default".
+_C.MODEL.COMPILE_MODE = "default"
 
 # ---------------------------------------------------------------------------------------------
 _C.TRAIN = CfgNode()

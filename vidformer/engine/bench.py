@@ -9,7 +9,8 @@ Forward steps time vidformer fused for inference (vidformer.layers.fuse_for_infe
 test` and the recognizer run it; --no-fuse times the model as trained. Timings alternate between the two
 models step by step, so load from other processes on a shared machine hits both alike; medians are
 reported. Peak memory of a training step is measured in a fresh subprocess per configuration (see
-`_memory_probe`).
+`_memory_probe`). With `compile` both sides are torch.compile'd alike, per configuration from a clean dynamo
+cache; the first call (the compile and one step) is timed apart and the warmup steps follow it.
 """
 
 import ast
@@ -31,6 +32,8 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from vidformer.checkpoint import load_pretrained
+from vidformer.config import check_compile_settings
+from vidformer.engine.build import compile_options
 from vidformer.errors import UsageError
 from vidformer.flops import count_flops, model_flops
 from vidformer.layers import fuse_for_inference
@@ -72,6 +75,13 @@ class BenchSettings:
     matmul_size: int = 2048
     num_classes: int = 400
     threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
+    compile: bool = False  # torch.compile both sides with compile_backend and compile_mode
+    compile_backend: str = "inductor"
+    compile_mode: str = "default"
+
+    def compile_options(self) -> dict | None:
+        """torch.compile's keyword arguments, or None when the bench runs eager."""
+        return compile_options(self.compile_backend, self.compile_mode) if self.compile else None
 
     @classmethod
     def quick_settings(cls, **changes) -> "BenchSettings":
@@ -205,25 +215,40 @@ def parity(pair: Pair, x: torch.Tensor) -> float:
     return rel
 
 
-def make_step(model: nn.Module, x: torch.Tensor, mode: str, dtype: str, context=contextlib.nullcontext):
+def _in_context(model: nn.Module, context):
+    def call(x: torch.Tensor):
+        with context():
+            return model(x)
+
+    return call
+
+
+def make_step(model: nn.Module, x: torch.Tensor, mode: str, dtype: str, context=contextlib.nullcontext,
+              compile_with: dict | None = None):
     """A closure running one forward (eval, no grad) or one forward+backward (train mode) of `model` on `x`.
 
     The closure sets the train/eval flag itself: the naive reference is the same module as the model.
+    compile_with (torch.compile's keyword arguments) compiles the call with `context` inside it: dynamo does not
+    guard on the SDPA backend that a context outside the compiled region selects, so a reference sharing our
+    module would run our graph.
     """
     target = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    run = _in_context(model, context)
+    if compile_with is not None:
+        run = torch.compile(run, **compile_with)
 
     def autocast():
         return torch.autocast(x.device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32")
 
     def forward():
         model.eval()
-        with torch.no_grad(), autocast(), context():
-            model(x)
+        with torch.no_grad(), autocast():
+            run(x)
 
     def train():
         model.train()
-        with autocast(), context():
-            loss = F.cross_entropy(_logits(model(x)), target)
+        with autocast():
+            loss = F.cross_entropy(_logits(run(x)), target)
         loss.backward()
         model.zero_grad(set_to_none=True)
 
@@ -268,7 +293,9 @@ def _memory_probe(spec: dict) -> float:
     del pair  # frees the other model (the reference only lent its weights)
     model.to(device)
     x = bench_input(s, device)
-    step = make_step(model, x, spec["mode"], spec["dtype"], context)
+    step = make_step(model, x, spec["mode"], spec["dtype"], context, s.compile_options())
+    if s.compile:
+        step()  # the compile's own memory is not the step's
     gc.collect()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -348,21 +375,31 @@ def bench_model(name: str, s: BenchSettings, ceilings: dict, log=print) -> dict:
         # forward+backward costs about 3 forwards (the backward computes input and weight gradients)
         macs_per_clip = gmacs * (3 if mode == "train" else 1)
         for dtype in s.dtypes:
+            if s.compile:
+                torch._dynamo.reset()  # each configuration compiles anew (and dynamo's cache stays under its limit)
+            compile_with = s.compile_options()
             ours = infer if mode == "forward" else pair.ours
-            steps = [make_step(ours, x, mode, dtype), make_step(pair.ref, x, mode, dtype, pair.ref_context)]
+            steps = [make_step(ours, x, mode, dtype, compile_with=compile_with),
+                     make_step(pair.ref, x, mode, dtype, pair.ref_context, compile_with)]
+            # the first call compiles, then runs one step
+            first = [time_alternating([step], device, warmup=0, iters=1)[0] for step in steps] if s.compile else [None] * 2
             t_ours, t_ref = time_alternating(steps, device, s.warmup, s.iters)
             row = {"mode": mode, "dtype": dtype}
-            for side, seconds in (("ours", t_ours), ("reference", t_ref)):
+            for side, seconds, first_call in (("ours", t_ours, first[0]), ("reference", t_ref, first[1])):
                 clips = s.batch / seconds
                 row[side] = {"seconds": seconds, "clips_per_s": clips,
                              "matmul_fraction": macs_per_clip * clips / ceilings[dtype]["gmacs_per_s"]}
+                if first_call is not None:
+                    row[side] |= {"first_call_s": first_call, "compile_s": first_call - seconds}
                 if s.memory and mode == "train":
                     row[side]["peak_mem_mb"] = peak_memory_mb(name, side, mode, dtype, s)
             row["speedup"] = t_ref / t_ours
             if s.memory and mode == "train":
                 row["memory_ratio"] = row["ours"]["peak_mem_mb"] / max(row["reference"]["peak_mem_mb"], 1e-9)
+            compiled = (f"; compile {row['ours']['compile_s']:.1f} s vs {row['reference']['compile_s']:.1f} s"
+                        if s.compile else "")
             log(f"  {mode:7s} {dtype}: {row['ours']['clips_per_s']:.3f} vs {row['reference']['clips_per_s']:.3f} "
-                f"clips/s ({row['speedup']:.2f}x)")
+                f"clips/s ({row['speedup']:.2f}x){compiled}")
             rows.append(row)
     return {"model": name, "reference": pair.ref_name, "input": list(x.shape), "gflops_per_clip": gmacs,
             "gflops_computed": ours_gmacs, "parity_rel_diff": diff, "results": rows}
@@ -395,12 +432,15 @@ def run_bench(s: BenchSettings, log=print) -> dict:
     bad = [m for m in s.modes if m not in MODES] + [d for d in s.dtypes if d not in DTYPES]
     if bad:
         raise UsageError(f"bench: unknown mode/dtype {bad}; modes {MODES}, dtypes {tuple(DTYPES)}")
+    check_compile_settings(s.compile_backend, s.compile_mode, keys=("--compile-backend", "--compile-mode"))
     torch.set_num_threads(s.threads)
     device = torch.device(s.device)
     ceilings = {d: matmul_rate(d, s.matmul_size, device) for d in s.dtypes}
     for d, c in ceilings.items():
         log(f"matmul {d} {c['n']}^3: {c['gflops_per_s']:.1f} GFLOP/s = {c['gmacs_per_s']:.1f} GMAC/s")
-    result = {"machine": _machine(s), "settings": asdict(s), "memory_method": MEMORY_METHOD[device.type],
+    memory_method = MEMORY_METHOD[device.type] + ("; under compile, the compiling first call runs before the "
+                                                  "baseline is read" if s.compile else "")
+    result = {"machine": _machine(s), "settings": asdict(s), "memory_method": memory_method,
               "flop_convention": "GFLOPs per clip count one multiply-add as one FLOP (fvcore); fractions are of "
                                  "the matmul rate in the same units; forward+backward counted as 3x forward",
               "matmul": ceilings, "models": [bench_model(m, s, ceilings, log) for m in s.models]}
@@ -422,6 +462,12 @@ def format_table(result: dict) -> str:
                          f"{ref['clips_per_s']:9.3f} {r['speedup']:6.2f}x {mem} {100 * ours['matmul_fraction']:5.1f}% "
                          f"{100 * ref['matmul_fraction']:5.1f}%")
     lines.append("references: " + "; ".join(f"{m['model']}: {m['reference']}" for m in result["models"]))
+    settings = result["settings"]
+    if settings["compile"]:
+        lines.append(f"torch.compile, both sides (backend {settings['compile_backend']}, mode {settings['compile_mode']}); "
+                     "compile seconds (first call less one step), ours / reference: " + "; ".join(
+                         f"{m['model']} {r['mode']} {r['dtype']} {r['ours']['compile_s']:.1f} / "
+                         f"{r['reference']['compile_s']:.1f}" for m in result["models"] for r in m["results"]))
     data = result["data"]
     if "skipped" in data:
         lines.append(f"data loading: skipped ({data['skipped']})")
@@ -438,7 +484,8 @@ def run_from_args(args) -> int:
     models = tuple(args.models) if args.models else tuple(m for m in DEFAULT_MODELS if m in registered)
     given = dict(models=models, batch=args.batch, modes=tuple(args.modes), dtypes=tuple(args.dtypes),
                  memory=not args.no_memory, data=not args.no_data, frames=args.frames, img_size=args.img_size,
-                 iters=args.iters, device=args.device, threads=args.threads, fuse=not args.no_fuse)
+                 iters=args.iters, device=args.device, threads=args.threads, fuse=not args.no_fuse,
+                 compile=args.compile, compile_backend=args.compile_backend, compile_mode=args.compile_mode)
     # flags left out take the defaults of the full or the --quick bench
     given = {k: v for k, v in given.items() if v is not None}
     s = BenchSettings.quick_settings(**given) if args.quick else BenchSettings(**given)

@@ -1,4 +1,5 @@
-"""From a config to a model: the one place that maps MODEL/DATA keys onto create_model arguments."""
+"""From a config to a model: the one place that maps MODEL/DATA keys onto create_model arguments, and
+MODEL.COMPILE_* onto torch.compile's."""
 
 from fvcore.common.config import CfgNode
 from torch import nn
@@ -24,3 +25,19 @@ def build_model(cfg: CfgNode, *, num_frames: int | None = None) -> nn.Module:
     if cfg.MODEL.ACT_CHECKPOINT:
         model.set_grad_checkpointing(True)
     return model
+
+
+def compile_options(backend: str, mode: str) -> dict:
+    """torch.compile keyword arguments for a backend and mode (checked by config.check_compile_settings).
+
+    dynamic=False: every input shape gets a graph specialised to it. Training batches all have one shape
+    (drop_last); the test views come in TEST.BATCH_SIZE chunks plus a smaller last chunk when the view count is
+    not a multiple of it, so a test compiles at most two graphs (three with TEST.ADAPTIVE_VIEWS, which runs
+    one view at a time), each once, instead of one slower graph with a symbolic batch size.
+    """
+    return {"backend": backend, "mode": mode, "dynamic": False}
+
+
+def cfg_compile_options(cfg: CfgNode) -> dict:
+    """compile_options of MODEL.COMPILE_BACKEND and MODEL.COMPILE_MODE."""
+    return compile_options(cfg.MODEL.COMPILE_BACKEND, cfg.MODEL.COMPILE_MODE)

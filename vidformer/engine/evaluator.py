@@ -34,7 +34,7 @@ from tqdm import tqdm
 from vidformer.checkpoint.io import atomic_write, save_checkpoint
 from vidformer.engine import distributed as du
 from vidformer.engine.adaptive import collect_exit_probs, exit_costs, search_thresholds, views_until_confident
-from vidformer.engine.build import build_model
+from vidformer.engine.build import build_model, cfg_compile_options
 from vidformer.engine.ensemble import ENSEMBLE_METHODS, aggregate_views, ensemble_scores, load_scores
 from vidformer.engine.runlog import Scalars, get_logger, progress, setup_logging
 from vidformer.errors import UsageError
@@ -418,7 +418,10 @@ def run_test(cfg: CfgNode, *, model: nn.Module | None = None, env: du.DistEnv | 
     thresholds, early_exit = _exit_thresholds(cfg, model, env, iter_videos)
     clips, crops = cfg.TEST.NUM_ENSEMBLE_VIEWS, cfg.TEST.NUM_SPATIAL_CROPS
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.TRAIN.MIXED_PRECISION) if device.type == "cuda" else None
-    local = score_videos(model, iter_videos(cfg, cfg.TEST.SPLIT, rank=env.rank, world_size=env.world_size),
+    # compiled for the views only (calibration, FLOP counting and a cascade's forward_early_exit run the plain
+    # model); how many graphs: build.compile_options
+    views_model = torch.compile(model, **cfg_compile_options(cfg)) if cfg.MODEL.COMPILE else model
+    local = score_videos(views_model, iter_videos(cfg, cfg.TEST.SPLIT, rank=env.rank, world_size=env.world_size),
                          method=cfg.TEST.ENSEMBLE_METHOD, chunk=cfg.TEST.BATCH_SIZE, autocast_dtype=amp,
                          total=total, show=env.is_main, exit_thresholds=thresholds, view_threshold=view_threshold,
                          keep_view_logits=cfg.TEST.SAVE_RESULTS, log_period=cfg.LOG_PERIOD)

@@ -4,9 +4,9 @@ One process or many (DDP under torchrun / srun); AdamW or SGD with a per-step wa
 schedule; mixed precision (bf16, or fp16 with loss scaling) with attention optionally kept in fp32;
 gradient accumulation (the non-final micro-batches of a window run forward and backward under DDP's
 no_sync, so one all-reduce per optimizer step) and clipping; label smoothing / mixup targets; an EMA
-of the weights; single-view validation every TRAIN.EVAL_PERIOD epochs; atomic checkpoints holding
-everything needed for an exact resume (model, optimizer, schedule, scaler, EMA, epoch, step, the
-position in the epoch, every rank's RNG states).
+of the weights; a torch.compile'd forward under MODEL.COMPILE; single-view validation every
+TRAIN.EVAL_PERIOD epochs; atomic checkpoints holding everything needed for an exact resume (model,
+optimizer, schedule, scaler, EMA, epoch, step, the position in the epoch, every rank's RNG states).
 
 A run survives its cluster: SIGTERM or SIGUSR1 (preemption, Slurm's `--signal=USR1@120`) lets the
 current optimizer step finish, writes a mid-epoch checkpoint and makes `fit` return with `stopped`
@@ -39,7 +39,7 @@ from vidformer.checkpoint.io import load_checkpoint_file, remove_stale_temps, sa
 from vidformer.data import build_loader as build_video_loader
 from vidformer.data.loader import VideoLoader
 from vidformer.engine import distributed as du
-from vidformer.engine.build import build_model
+from vidformer.engine.build import build_model, cfg_compile_options
 from vidformer.engine.optim import WarmupCosine, build_optimizer, scaled_lrs
 from vidformer.engine.runlog import JsonLines, Scalars, fmt_value, log_to_file, progress, setup_logging
 from vidformer.errors import UsageError
@@ -282,7 +282,18 @@ class Trainer:
             self.mixup = build_mixup(cfg, cfg.MODEL.NUM_CLASSES)
 
     def _wrap_for_training(self) -> None:
+        """self.forward: the training forward, compiled under MODEL.COMPILE, wrapped in DDP when distributed.
+
+        The compile is in place (nn.Module.compile) on the _Exits wrapper, before DDP wraps it, as torch's
+        "Where to apply torch.compile?" advises (torch.compile handles the DDP wrapper poorly; compile the module
+        it wraps): DDP's forward still marks itself active, so dynamo's DDPOptimizer splits the graph at DDP's
+        bucket boundaries, and self.model, the optimizer's parameters, the EMA and every checkpoint's keys stay
+        those of the plain model (no `_orig_mod.`), so runs with and without compile resume each other.
+        Validation runs self.model itself, uncompiled.
+        """
         self.forward = _Exits(self.model)
+        if self.cfg.MODEL.COMPILE:
+            self.forward.compile(**cfg_compile_options(self.cfg))
         if self.env.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.forward = DistributedDataParallel(self.forward, device_ids=device_ids)
@@ -332,7 +343,9 @@ class Trainer:
             f"{cfg.TRAIN.BATCH_SIZE} per node = {self.per_process_batch} per process, global batch "
             f"{self.global_clips} clips per optimizer step (x{cfg.AUG.NUM_SAMPLE} samples, x{self.accum} "
             f"accumulation); lr {self.base_lr:.3g}{scaled}; {self.steps_per_epoch} steps/epoch, "
-            f"epochs {self.epoch}->{cfg.SOLVER.MAX_EPOCH}")
+            f"epochs {self.epoch}->{cfg.SOLVER.MAX_EPOCH}"
+            + (f"; torch.compile backend {cfg.MODEL.COMPILE_BACKEND}, mode {cfg.MODEL.COMPILE_MODE}"
+               if cfg.MODEL.COMPILE else ""))
 
     # -- resuming ----------------------------------------------------------------------------
 
