@@ -38,6 +38,7 @@ from vidformer.engine.build import build_model, cfg_compile_options
 from vidformer.engine.ensemble import ENSEMBLE_METHODS, aggregate_views, ensemble_scores, load_scores
 from vidformer.engine.runlog import Scalars, get_logger, progress, setup_logging
 from vidformer.errors import UsageError
+from vidformer.layers import fuse_for_inference
 
 __all__ = ["ENSEMBLE_METHODS", "aggregate_views", "view_logits", "describe_views", "view_rule", "score_videos",
            "accuracy_metrics", "run_test", "run_ensemble"]
@@ -409,6 +410,7 @@ def run_test(cfg: CfgNode, *, model: nn.Module | None = None, env: du.DistEnv | 
         report = load_pretrained(model, source, strict=False)
         logger.info(f"testing {source}\n{report}")
         report.check_fit(cfg.TEST.ALLOW_PARTIAL)
+        model = fuse_for_inference(model)  # built for this test alone; a model handed in (the trainer's) is not fused
     model = model.to(device).eval()
     total = None
     if iter_videos is None:

@@ -9,10 +9,12 @@ The batch axis is dynamic. The clip length is dynamic for the families whose gra
 rel-pos tables are sized for T), CvT (the cls key's log T bias) and DVT (per-exit token grids) are
 exported for the one T they were built with. DVT exports its full cascade: the logits of the final exit
 (early exit is a data-dependent batch split, kept to the Python API). The graph is the path eager
-inference runs; after export the logits of the graph are compared with the model's on a random clip, at
-another batch size and (when dynamic) another clip length, and a difference above `atol` is an error.
+inference runs, on the model fused for inference (layers.fuse_for_inference); after export the logits of
+the graph are compared with the model's on a random clip, at another batch size and (when dynamic) another
+clip length, and a difference above `atol` is an error.
 """
 
+import copy
 import importlib.util
 import os
 
@@ -22,6 +24,7 @@ from torch.export import Dim
 
 from vidformer.checkpoint.io import atomic_path
 from vidformer.errors import UsageError
+from vidformer.layers import fuse_for_inference
 
 FORMATS = (".pt2", ".onnx")
 
@@ -87,10 +90,12 @@ def _export(model: nn.Module, x: torch.Tensor, multiple: int | None, longer: tor
 @torch.no_grad()
 def export_model(model: nn.Module, out: str, *, num_frames: int, img_size: int, batch: int = 2,
                  atol: float = 1e-4) -> dict:
-    """Export `model` (eval mode) for (B, 3, num_frames, img_size, img_size) clips to `out`; returns a summary
-    with the dynamic axes and the largest logit difference found in the checks."""
+    """Export `model` fused for inference (a fused copy unless it already is: the caller's model can still
+    train) for (B, 3, num_frames, img_size, img_size) clips to `out`; returns a summary with the dynamic axes
+    and the largest logit difference found in the checks."""
     ext = _format(out)
-    model = model.eval()
+    if not getattr(model, "fused_for_inference", False):
+        model = fuse_for_inference(copy.deepcopy(model))
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, num_frames, img_size, img_size, generator=gen)
     longer = torch.randn(1, 3, 2 * num_frames, img_size, img_size, generator=gen)

@@ -24,6 +24,7 @@ from vidformer.config import cfg_from_yaml, get_cfg
 from vidformer.engine.build import build_model
 from vidformer.engine.evaluator import aggregate_views
 from vidformer.errors import UsageError
+from vidformer.layers import fuse_for_inference
 
 def label_names(cfg: CfgNode) -> list[str]:
     """Class names of cfg's dataset, or "class i" when none are known."""
@@ -77,15 +78,16 @@ def recognizer_config(source, config_file: str | None = None, overrides=(), *, c
 
 
 def load_model(cfg: CfgNode, source, *, ckpt=None, allow_partial: bool = False) -> tuple[nn.Module, object]:
-    """cfg's model with the weights of `source` (or the already read `ckpt` of it), in eval mode, and the
-    LoadReport; refused when the weights do not fit it (LoadReport.check_fit)."""
+    """cfg's model with the weights of `source` (or the already read `ckpt` of it), fused for inference
+    (layers.fuse_for_inference: eval mode, exact folds, refuses to train), and the LoadReport; refused when
+    the weights do not fit it (LoadReport.check_fit)."""
     from vidformer.checkpoint import load_pretrained
 
     model = build_model(cfg)
     report = load_pretrained(model, ckpt if ckpt is not None else source, strict=False)
     report.source = str(source)
     report.check_fit(allow_partial)
-    return model.eval(), report
+    return fuse_for_inference(model), report
 
 
 @dataclass

@@ -2,8 +2,10 @@
 
 This is what makes "T=1 is the image model" literal: an image model's patch embedding or
 pooling conv has a weight of shape (out, in, kh, kw), exactly as in image checkpoints, and the
-video model's has (out, in, kt, kh, kw). Both run as one 3-D convolution (the 2-D weight is
-viewed with a temporal axis of 1), so there is no separate image code path.
+video model's has (out, in, kt, kh, kw). Both are one 3-D convolution (the 2-D weight viewed with a
+temporal axis of 1); a one-frame input through a 2-D weight runs as the equal conv2d, because torch's CPU
+conv2d kernels are several times faster than conv3d's on a (1, kh, kw) kernel (depthwise ones above
+all, forward and backward).
 """
 
 import math
@@ -45,6 +47,12 @@ class SpaceTimeConv(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # a clip length that is not a plain int (a tensor while jit-tracing, a SymInt left dynamic by torch.export)
+        # takes the conv3d: the same arithmetic, and no branch on it is recorded as a constant or a guard
+        frames = x.shape[2]
+        if self.weight.ndim == 4 and self.padding[0] == 0 and isinstance(frames, int) and frames == 1:
+            return F.conv2d(x.squeeze(2), self.weight, self.bias, self.stride[1:], self.padding[1:], 1,
+                            self.groups).unsqueeze(2)
         weight = self.weight if self.weight.ndim == 5 else self.weight.unsqueeze(2)
         return F.conv3d(x, weight, self.bias, self.stride, self.padding, 1, self.groups)
 
