@@ -84,6 +84,22 @@ class CBlock(nn.Module):
         x = x + self.drop_path(self.conv2(self.attn(_dense_on_cpu(self.conv1(self.norm1(x))))))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
+    def fuse_(self) -> None:
+        """Inference: fold norm1 into conv1 and norm2 into mlp.fc1 (eval BatchNorm is a per-channel affine)."""
+        _fold_batchnorm_into_pointwise_conv(self.norm1, self.conv1)
+        _fold_batchnorm_into_pointwise_conv(self.norm2, self.mlp.fc1)
+        self.norm1, self.norm2 = nn.Identity(), nn.Identity()
+
+
+def _fold_batchnorm_into_pointwise_conv(norm: nn.BatchNorm3d, conv: SpaceTimeConv) -> None:
+    """conv(norm(x)) as one conv: eval BN is x * s + t per input channel, and a 1x1x1 conv without padding
+    maps that exactly to weights W * s and bias b + W t."""
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)  # s
+    shift = norm.bias - norm.running_mean * scale  # t
+    weight = conv.weight.flatten(1)  # (out, in)
+    conv.bias.copy_(conv.bias + weight @ shift)
+    conv.weight.mul_(scale.view(1, -1, *[1] * (conv.weight.ndim - 2)))
+
 
 class GlobalAttention(nn.Module):
     """Multi-head self-attention over all T*H*W tokens of a clip (global MHRA), fused."""
