@@ -85,17 +85,21 @@ class SpaceTimeConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight if self.weight.ndim == 5 else self.weight.unsqueeze(2)
+        if self._is_pointwise() and x.is_contiguous(memory_format=torch.channels_last_3d):
+            # channels-last: a 1x1x1 conv is a Linear on the (B, T, H, W, C) view, one GEMM with no layout copies
+            return F.linear(x.movedim(1, -1), weight.flatten(1), self.bias).movedim(-1, 1)
         if self._cpu_depthwise_backward_pays(x):
             return _CPUDepthwiseConv3d.apply(x, weight, self.bias, self.padding)
         return F.conv3d(x, weight, self.bias, self.stride, self.padding, 1, self.groups)
 
-    def _cpu_depthwise_backward_pays(self, x: torch.Tensor) -> bool:
-        """CPU training through a stride-1 depthwise conv whose padding is at most the kernel's reach.
+    def _is_pointwise(self) -> bool:
+        return (self.kernel_size == (1, 1, 1) and self.stride == (1, 1, 1) and self.padding == (0, 0, 0)
+                and self.groups == 1)
 
-        Under torch.compile the compiler owns the backward, so the plain op is traced instead.
-        """
+    def _cpu_depthwise_backward_pays(self, x: torch.Tensor) -> bool:
+        """CPU training through a stride-1 depthwise conv whose padding is at most the kernel's reach."""
         return (self.groups == self.in_channels == self.out_channels and self.stride == (1, 1, 1)
-                and x.device.type == "cpu" and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+                and x.device.type == "cpu" and torch.is_grad_enabled()
                 and all(p < k for p, k in zip(self.padding, self.kernel_size)))
 
     def output_size(self, thw: tuple[int, int, int]) -> tuple[int, int, int]:

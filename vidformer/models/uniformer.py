@@ -53,12 +53,6 @@ class Kernels:
         return cls(1, 1, 1, 1) if num_frames == 1 else cls(3, 2, 3, 5)
 
 
-def _dense_on_cpu(x: torch.Tensor) -> torch.Tensor:
-    """x in the default memory layout on a CPU: torch's depthwise conv3d weight gradient is wrong for a
-    channels-last bf16 input there (vidformer issue #20), and the DPE and local aggregator get such inputs."""
-    return x.contiguous() if x.device.type == "cpu" else x
-
-
 class CBlock(nn.Module):
     """DPE + local MHRA + conv FFN (paper eq. 1-3 with A_local a learned depthwise kernel).
 
@@ -80,8 +74,8 @@ class CBlock(nn.Module):
         self.mlp = ConvMlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.pos_embed(_dense_on_cpu(x))
-        x = x + self.drop_path(self.conv2(self.attn(_dense_on_cpu(self.conv1(self.norm1(x))))))
+        x = x + self.pos_embed(x)
+        x = x + self.drop_path(self.conv2(self.attn(self.conv1(self.norm1(x)))))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
     def fuse_(self) -> None:
@@ -132,7 +126,7 @@ class SABlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.pos_embed(_dense_on_cpu(x))
+        x = x + self.pos_embed(x)
         tokens, thw = to_tokens(x)  # (B, T*H*W, C)
         tokens = tokens + self.drop_path(self.attn(self.norm1(tokens)))
         tokens = tokens + self.drop_path(self.mlp(self.norm2(tokens)))
