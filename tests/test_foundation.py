@@ -241,3 +241,10 @@ def test_depthwise_conv_gradients_equal_torchs_on_the_cpu_path(kernel, padding, 
     for mine, theirs in ((x, ref_x), (conv.weight, ref_weight), (conv.bias, ref_bias)):
         assert mine.grad.shape == theirs.grad.shape
         assert torch.allclose(mine.grad, theirs.grad, atol=1e-4, rtol=1e-5)
+    # bf16 autocast on the channels-last input: torch's own weight gradient is wrong there (issue #20)
+    conv.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = conv(x)
+    low.backward(grad.bfloat16())
+    err = (conv.weight.grad - ref_weight.grad).abs().max() / ref_weight.grad.abs().max()
+    assert low.dtype == torch.bfloat16 and conv.weight.grad.dtype == torch.float32 and err < 2e-2

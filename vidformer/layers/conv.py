@@ -30,7 +30,8 @@ class _CPUDepthwiseConv3d(torch.autograd.Function):
     its forward: 30-60x the forward time for UniFormer's 5x5x5 local aggregator. Both gradients are
     convolutions the forward kernel does well: dx = conv(dy, w flipped in t, h, w) with padding k - 1 - p,
     and dw[c] = conv(x_pad[c], dy[c]) summed over the batch, the batch as the group's input channels.
-    Under autocast the forward casts as F.conv3d would and the backward runs in that dtype.
+    Under autocast the forward casts as F.conv3d would and the backward runs in that dtype; unlike torch's,
+    this weight gradient is right for a channels-last bf16 input (vidformer issue #20).
     """
 
     @staticmethod

@@ -58,6 +58,8 @@ class CBlock(nn.Module):
 
     The local relation aggregator is conv1 (V projection) -> depthwise kt x 5 x 5 (the learnable
     affinity a_{i-j} over the neighbourhood) -> conv2 (output projection), with no activation between.
+    Blocks run channels-last, the layout the patch embed's LayerNorm leaves: the depthwise convs in mkldnn's
+    native layout, the 1x1x1 convs as Linears on the (B, T, H, W, C) view, no layout copies in between.
     """
 
     def __init__(self, dim: int, mlp_ratio: float, kernels: Kernels, drop_path: float):
