@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import vidformer
@@ -215,3 +216,35 @@ def test_attention_gradients_equal_the_explicit_form_on_the_few_heads_cpu_path()
             assert torch.allclose(mine.grad, theirs.grad, atol=1e-5)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("kernel,padding,weight_2d", [((3, 5, 5), (1, 2, 2), False), ((1, 3, 3), (0, 1, 1), True),
+                                                      ((3, 3, 3), (0, 1, 0), False)])
+def test_depthwise_conv_gradients_equal_torchs_on_the_cpu_path(kernel, padding, weight_2d):
+    """CPU training through a stride-1 depthwise SpaceTimeConv takes its own backward: torch's gradients,
+    for a batch of two, a channels-last input, a 2-D (image) weight and asymmetric padding."""
+    torch.manual_seed(0)
+    conv = SpaceTimeConv(6, 6, kernel, padding=padding, groups=6)
+    assert (conv.weight.ndim == 4) == weight_2d
+    x = torch.randn(2, 6, 4, 7, 8).to(memory_format=torch.channels_last_3d).requires_grad_()
+    out = conv(x)
+    assert out.grad_fn.name().endswith("_CPUDepthwiseConv3dBackward")
+    ref_x = x.detach().clone().requires_grad_()
+    ref_weight = conv.weight.detach().clone().requires_grad_()
+    ref_bias = conv.bias.detach().clone().requires_grad_()
+    weight = ref_weight if ref_weight.ndim == 5 else ref_weight.unsqueeze(2)
+    ref = F.conv3d(ref_x, weight, ref_bias, 1, padding, 1, 6)
+    grad = torch.randn_like(ref)
+    out.backward(grad)
+    ref.backward(grad)
+    assert torch.allclose(out, ref, atol=1e-6)
+    for mine, theirs in ((x, ref_x), (conv.weight, ref_weight), (conv.bias, ref_bias)):
+        assert mine.grad.shape == theirs.grad.shape
+        assert torch.allclose(mine.grad, theirs.grad, atol=1e-4, rtol=1e-5)
+    # bf16 autocast on the channels-last input: torch's own weight gradient is wrong there (issue #20)
+    conv.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = conv(x)
+    low.backward(grad.bfloat16())
+    err = (conv.weight.grad - ref_weight.grad).abs().max() / ref_weight.grad.abs().max()
+    assert low.dtype == torch.bfloat16 and conv.weight.grad.dtype == torch.float32 and err < 2e-2

@@ -20,6 +20,7 @@ import vidformer
 from vidformer.checkpoint import load_pretrained
 from vidformer.errors import UsageError
 from vidformer.flops import model_flops
+from vidformer.layers import fuse_for_inference
 
 TINY = dict(dims=(16, 32, 32, 64), depths=(1, 2, 1, 1), head_dim=16)
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "uniformer_official_tiny.safetensors")
@@ -236,6 +237,31 @@ def test_layer_scale_checkpoint_is_refused_by_name():
     sd["blocks3.0.gamma_1"] = torch.ones(32)
     with pytest.raises(UsageError, match="layer scale"):
         load_pretrained(tiny(1, num_classes=1000), {"model": sd})
+
+
+# --- inference fusions ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_frames", [1, 4])
+def test_fusion_folds_every_block_batchnorm_and_keeps_the_logits(num_frames):
+    torch.manual_seed(0)
+    model = randomize_norms(tiny(num_frames)).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.eps = 0.1  # large enough that a fold forgetting eps changes the logits
+    x = torch.randn(2, 3, num_frames, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        fuse_for_inference(model)
+        fused = model(x)
+        again = fuse_for_inference(model)(x)
+    assert expected.abs().max() > 0.1
+    # only the final norm stays: the pre-logits features are taken after it
+    assert [name for name, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm3d)] == ["norm"]
+    assert all(isinstance(b.norm1, torch.nn.Identity) and isinstance(b.norm2, torch.nn.Identity)
+               for b in (*model.blocks1, *model.blocks2))
+    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    torch.testing.assert_close(again, fused, rtol=0, atol=0)  # a second call changes nothing
 
 
 # --- training switches ----------------------------------------------------------------------------------------

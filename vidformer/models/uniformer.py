@@ -53,17 +53,13 @@ class Kernels:
         return cls(1, 1, 1, 1) if num_frames == 1 else cls(3, 2, 3, 5)
 
 
-def _dense_on_cpu(x: torch.Tensor) -> torch.Tensor:
-    """x in the default memory layout on a CPU: torch's depthwise conv3d weight gradient is wrong for a
-    channels-last bf16 input there (vidformer issue #20), and the DPE and local aggregator get such inputs."""
-    return x.contiguous() if x.device.type == "cpu" else x
-
-
 class CBlock(nn.Module):
     """DPE + local MHRA + conv FFN (paper eq. 1-3 with A_local a learned depthwise kernel).
 
     The local relation aggregator is conv1 (V projection) -> depthwise kt x 5 x 5 (the learnable
     affinity a_{i-j} over the neighbourhood) -> conv2 (output projection), with no activation between.
+    Blocks run channels-last, the layout the patch embed's LayerNorm leaves: the depthwise convs in mkldnn's
+    native layout, the 1x1x1 convs as Linears on the (B, T, H, W, C) view, no layout copies in between.
     """
 
     def __init__(self, dim: int, mlp_ratio: float, kernels: Kernels, drop_path: float):
@@ -80,9 +76,25 @@ class CBlock(nn.Module):
         self.mlp = ConvMlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.pos_embed(_dense_on_cpu(x))
-        x = x + self.drop_path(self.conv2(self.attn(_dense_on_cpu(self.conv1(self.norm1(x))))))
+        x = x + self.pos_embed(x)
+        x = x + self.drop_path(self.conv2(self.attn(self.conv1(self.norm1(x)))))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def fuse_(self) -> None:
+        """Inference: fold norm1 into conv1 and norm2 into mlp.fc1 (eval BatchNorm is a per-channel affine)."""
+        _fold_batchnorm_into_pointwise_conv(self.norm1, self.conv1)
+        _fold_batchnorm_into_pointwise_conv(self.norm2, self.mlp.fc1)
+        self.norm1, self.norm2 = nn.Identity(), nn.Identity()
+
+
+def _fold_batchnorm_into_pointwise_conv(norm: nn.BatchNorm3d, conv: SpaceTimeConv) -> None:
+    """conv(norm(x)) as one conv: eval BN is x * s + t per input channel, and a 1x1x1 conv without padding
+    maps that exactly to weights W * s and bias b + W t."""
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)  # s
+    shift = norm.bias - norm.running_mean * scale  # t
+    weight = conv.weight.flatten(1)  # (out, in)
+    conv.bias.copy_(conv.bias + weight @ shift)
+    conv.weight.mul_(scale.view(1, -1, *[1] * (conv.weight.ndim - 2)))
 
 
 class GlobalAttention(nn.Module):
@@ -116,7 +128,7 @@ class SABlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.pos_embed(_dense_on_cpu(x))
+        x = x + self.pos_embed(x)
         tokens, thw = to_tokens(x)  # (B, T*H*W, C)
         tokens = tokens + self.drop_path(self.attn(self.norm1(tokens)))
         tokens = tokens + self.drop_path(self.mlp(self.norm2(tokens)))
