@@ -13,6 +13,7 @@ from vidformer.checkpoint import load_pretrained
 from vidformer.errors import UsageError
 from vidformer.flops import model_flops
 from vidformer.models import create_model
+from vidformer.layers import fuse_for_inference
 from vidformer.models.poolformer import GlobalAttention, Pooling
 
 TINY = dict(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32), attn_head_dim=8)
@@ -186,6 +187,33 @@ def test_pooling_averages_real_elements_only():
     x = torch.randn(2, 4, 1, 9, 9)  # T=1 meets exactly the 2-D pool
     ref = F.avg_pool2d(x[:, :, 0], 3, 1, 1, count_include_pad=False).unsqueeze(2)
     assert torch.allclose(pool(x) + x, ref, atol=1e-6)
+
+
+def test_pooling_is_the_3d_average_on_channels_last_clips():
+    pool = Pooling(3, 3)
+    x = torch.randn(2, 4, 5, 6, 7).contiguous(memory_format=torch.channels_last_3d)
+    ref = F.avg_pool3d(x, 3, 1, 1, count_include_pad=False)
+    assert torch.allclose(pool(x) + x, ref, atol=1e-6)
+    assert pool(x).is_contiguous(memory_format=torch.channels_last_3d)
+    with pytest.raises(UsageError, match="odd"):
+        Pooling(3, 2)
+
+
+@pytest.mark.parametrize("num_frames, mixers", [(1, "pool"), (4, "pool"), (4, "hybrid")])
+def test_fused_model_gives_the_same_logits(num_frames, mixers):
+    torch.manual_seed(0)
+    model = create_model("poolformer_s12", num_frames=num_frames, num_classes=5, token_mixers=mixers, **TINY)
+    _randomise_scales_and_norms(model)  # non-trivial norm affines and layer scales: a wrong fold shows
+    x = torch.randn(2, 3, num_frames, 32, 32)
+    with torch.no_grad():
+        ref = model.eval()(x)
+        fused = fuse_for_inference(model)
+        _assert_close_logits(fused(x), ref)
+    keys = fused.state_dict().keys()
+    assert not any(".norm2." in k or "layer_scale2" in k for k in keys)
+    assert any(".norm1." in k for k in keys) == (mixers == "hybrid")  # attention blocks keep norm1
+    with pytest.raises(UsageError, match="fused"):
+        fused.train()
 
 
 @pytest.mark.parametrize("mixers", ["pool", "identity", "dwconv", "attention", "hybrid",
