@@ -2,7 +2,6 @@
 with one line that names it (and a close match where there is one); a bug is one line and exit 1,
 with the traceback under --debug; weights that do not fit the model are refused unless --allow-partial."""
 
-import os
 
 import pytest
 import torch
