@@ -181,8 +181,8 @@ class MetaFormerBlock(nn.Module):
             channel = self.pool_scale
         else:
             channel = (self.layer_scale1 * self.norm1.weight + 0 * self.norm1.bias).view(-1, 1, 1, 1)
-        scale = self.drop_path(channel * rstd)  # (B, C, 1, 1, 1)
-        return torch.lerp(x, self.token_mixer.average(x), scale)
+        scale = self.drop_path(channel * rstd)  # (B, C, 1, 1, 1); float32 parameters: cast for bf16 autocast
+        return torch.lerp(x, self.token_mixer.average(x), scale.to(x.dtype))
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         # norm2's affine is folded into fc1 (W (a * n + b) + c = (W a) n + (W b + c)), so only the per-sample
