@@ -48,8 +48,8 @@ def create_model(name: str, *, num_classes: int | None = None, num_frames: int |
     """
     if name not in _BUILDERS:
         close = difflib.get_close_matches(name, _BUILDERS, n=3, cutoff=0.5)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise UsageError(f"unknown model '{name}'{hint}; known models: {', '.join(list_models())}")
+        hint = f"; did you mean {', '.join(close)}?" if close else "."
+        raise UsageError(f"unknown model '{name}'{hint} Known models: {', '.join(list_models())}")
     if num_frames is not None and num_frames < 1:
         raise UsageError(f"num_frames must be >= 1, got {num_frames}")
     entry = _zoo_entry(name, pretrained, num_frames, img_size)
