@@ -238,7 +238,10 @@ class MultiScaleAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, Grid]:
         b, length, _ = x.shape
-        if b * length < _SPLIT_QKV_MIN_TOKENS:  # one matmul: few tokens, where a matmul's cost is its weights
+        # one matmul for few tokens, where a matmul's cost is its weights; a symbolic size (torch.export with a
+        # dynamic batch) takes the three projections, so no guard on the batch is recorded
+        tokens = b * length
+        if isinstance(tokens, int) and tokens < _SPLIT_QKV_MIN_TOKENS:
             q, k, v = self.qkv(x).view(b, length, 3, self.num_heads, self.head_dim).unbind(2)
         else:  # three projections: each of q, k, v is then dense for the pooling
             weights = self.qkv.weight.chunk(3)
