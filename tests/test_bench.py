@@ -78,6 +78,8 @@ def test_cli_quick_writes_json(tmp_path, capsys):
 def test_cli_rejects_unknown_model(capsys):
     assert main(["bench", "--quick", "--models", "no_such_model", "--no-data"]) == 2
     assert "no_such_model" in capsys.readouterr().err
+    assert main(["bench", "--quick", "--models", "poolformr_s12", "--no-data"]) == 2
+    assert "did you mean poolformer_s12?" in capsys.readouterr().err
 
 
 def test_cli_rejects_a_mode_the_compile_backend_does_not_take(capsys):

@@ -16,6 +16,7 @@ cache; the first call (the compile and one step) is timed apart and the warmup s
 import ast
 import contextlib
 import copy
+import difflib
 import gc
 import json
 import os
@@ -428,7 +429,9 @@ def _cpu_name() -> str:
 def run_bench(s: BenchSettings, log=print) -> dict:
     unknown = [m for m in s.models if m not in list_models()]
     if unknown:
-        raise UsageError(f"bench: unknown model(s) {unknown}; registered: {', '.join(list_models())}")
+        close = [m for u in unknown for m in difflib.get_close_matches(u, list_models(), n=1, cutoff=0.5)]
+        hint = f"; did you mean {', '.join(close)}?" if close else "."
+        raise UsageError(f"bench: unknown model(s) {unknown}{hint} Registered: {', '.join(list_models())}")
     bad = [m for m in s.modes if m not in MODES] + [d for d in s.dtypes if d not in DTYPES]
     if bad:
         raise UsageError(f"bench: unknown mode/dtype {bad}; modes {MODES}, dtypes {tuple(DTYPES)}")

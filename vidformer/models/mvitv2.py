@@ -185,8 +185,9 @@ class MultiScaleAttention(nn.Module):
         Heads go into the channel axis with the shared kernel repeated per head, so the grid is read in
         place as channels-last frames. Training on large grids runs the depthwise 3-D conv as one 2-D
         depthwise conv per temporal tap, summed over the shifted frames: the same arithmetic, but torch's
-        CPU backward of a depthwise conv3d is several times slower than conv2d's there. Elsewhere (no
-        gradient, or small grids, where one kernel call beats three) it is one conv3d.
+        CPU backward of a depthwise conv3d is several times slower than conv2d's there. Training on small
+        grids runs one conv3d with heads in the batch axis (a contiguous copy), whose backward is the fast
+        one at those sizes. Elsewhere (no gradient, or mid-size grids) it is one channels-last conv3d.
         """
         b, _, n, d = z.shape
         p, c = self.num_prefix, n * d
