@@ -129,7 +129,7 @@ def test_epochs_are_reproducible_and_workers_do_not_change_samples(kinetics):
     assert not torch.equal(first[0], next(iter(again))["video"])
     workers = build_loader(tiny_cfg(kinetics, "AUG.ENABLE", "True", "DATA_LOADER.NUM_WORKERS", "2"), "train", seed=5)
     assert all(torch.equal(a, b["video"]) for a, b in zip(first, workers))
-    # the next epoch's samples reach the (persistent) workers too
+    # the next epoch's samples reach the workers too
     workers.set_epoch(1)
     again.set_epoch(1)
     assert all(torch.equal(a["video"], b["video"]) for a, b in zip(again, workers))

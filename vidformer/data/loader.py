@@ -10,10 +10,9 @@ main process, from what every batch carries, and that stops the run with one lin
 distinct videos fail. The decoder a video layout needs is checked when the loader is built.
 
 DataLoader settings (measured with `python tools/bench_data.py --loader`, 2 workers on 256p Kinetics-like
-files, a training step as long as a batch's loading): persistent workers, because a new epoch then
-starts without forking the workers again and importing the decoders in each (the first batch of a
-later epoch came 19 % sooner and the wait per batch was lower); the epoch reaches them through
-shared memory (ClipDataset.epoch). prefetch_factor stays 2: 4 did not wait less, and it holds twice
+files, a training step as long as a batch's loading): workers are NOT persistent, although a new epoch
+then starts sooner with them (its first batch 19 % sooner): with them the test suite's process hung at
+exit (CI), so they wait for a fix. The epoch reaches workers through shared memory (ClipDataset.epoch). prefetch_factor stays 2: 4 did not wait less, and it holds twice
 the batches in shared memory (a batch of 8 MViTv2-S samples is 150 MB). Pinned memory (DATA_LOADER.PIN_MEMORY)
 only where CUDA is, where it lets the trainer's non_blocking copy overlap the step.
 """
@@ -136,7 +135,7 @@ def build_loader(cfg: CfgNode, split: str, *, rank: int = 0, world_size: int = 1
         batch_size=batch_size,
         sampler=sampler,
         num_workers=cfg.DATA_LOADER.NUM_WORKERS,
-        persistent_workers=cfg.DATA_LOADER.NUM_WORKERS > 0,
+        persistent_workers=False,
         prefetch_factor=2 if cfg.DATA_LOADER.NUM_WORKERS else None,
         pin_memory=cfg.DATA_LOADER.PIN_MEMORY and torch.cuda.is_available(),
         drop_last=train,
