@@ -125,3 +125,16 @@ def test_quick_bench_measures_mvitv2_against_torchvision_with_memory_and_data():
     # the data pipeline's own benchmark, per decoder backend: clips/s per worker, seconds per multi-view video
     assert "skipped" in data or (all(_positive(r["clips_per_s"]) for r in data["train"].values())
                                  and all(_positive(r["one_decode_s"]) for r in data["multiview"].values()))
+
+
+def test_cli_shapes_run_every_model_at_each_shape(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--quick", "--models", "poolformer_s12", "--shapes", "2x32", "4x32x2", "--modes", "forward",
+                 "--dtypes", "fp32", "--threads", "1", "--no-memory", "--no-data", "--json", str(out)])
+    assert code == 0
+    models = json.loads(out.read_text())["models"]
+    assert [m["input"] for m in models] == [[1, 3, 2, 32, 32], [2, 3, 4, 32, 32]]
+    table = capsys.readouterr().out
+    assert "2x32x1" in table and "4x32x2" in table and table.count("references:") == 1
+    assert main(["bench", "--quick", "--shapes", "16x", "--no-data"]) == 2
+    assert "'16x' is not FRAMESxCROP" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from vidformer.cli import VERBS, build_parser, main
 from vidformer.config import get_cfg
 from vidformer.errors import ConfigError, UsageError
 from vidformer.flops import count_flops, model_flops
+from vidformer.layers import mlp as mlp_module
 from vidformer.layers import (CubePatchEmbed, DropPath, GroupNorm1, LayerNormChannels, Mlp, SpaceTimeConv, as_video,
                               attention, drop_path_rates, to_grid, to_tokens)
 
@@ -248,3 +249,20 @@ def test_depthwise_conv_gradients_equal_torchs_on_the_cpu_path(kernel, padding, 
     low.backward(grad.bfloat16())
     err = (conv.weight.grad - ref_weight.grad).abs().max() / ref_weight.grad.abs().max()
     assert low.dtype == torch.bfloat16 and conv.weight.grad.dtype == torch.float32 and err < 2e-2
+
+
+def test_eval_mlp_on_many_rows_runs_in_pieces_with_the_same_values(monkeypatch):
+    monkeypatch.setattr(mlp_module, "_EVAL_CHUNK_ROWS", 16)
+    mlp = Mlp(8, 32, 12).eval()
+    calls = []
+    mlp.fc1.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    x = torch.randn(2, 37, 8)  # 74 rows: pieces of 16, 16, 16, 16, 10
+    plain = mlp.fc2(mlp.act(mlp.fc1(x)))
+    calls.clear()
+    with torch.no_grad():
+        out = mlp(x)
+    assert calls == [16, 16, 16, 16, 10]
+    torch.testing.assert_close(out, plain, rtol=0, atol=1e-6)
+    calls.clear()
+    mlp(x).sum().backward()  # with gradients: one piece, so autograd keeps one hidden buffer
+    assert calls == [2]

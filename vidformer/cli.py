@@ -351,6 +351,9 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=_positive_int, default=None, help="frames per clip (default 16; --quick: 4)")
     p.add_argument("--img-size", type=_positive_int, default=None, help="crop size (default 224; --quick: 32)")
     p.add_argument("--batch", type=_positive_int, default=1, help="clips per step")
+    p.add_argument("--shapes", nargs="+", default=None, metavar="TxS[xB]",
+                   help="run every model at each of these shapes, frames x crop [x batch] (e.g. 2x32 8x112x4 16x224); "
+                        "replaces --frames/--img-size/--batch")
     p.add_argument("--iters", type=_positive_int, default=None,
                    help="timed steps per configuration (default 5; --quick: 2)")
     p.add_argument("--modes", nargs="+", default=["forward", "train"], choices=("forward", "train"),

@@ -16,6 +16,7 @@ cache; the first call (the compile and one step) is timed apart and the warmup s
 import ast
 import contextlib
 import copy
+import dataclasses
 import difflib
 import gc
 import json
@@ -79,6 +80,8 @@ class BenchSettings:
     compile: bool = False  # torch.compile both sides with compile_backend and compile_mode
     compile_backend: str = "inductor"
     compile_mode: str = "default"
+    # (frames, img_size, batch) per run of every model; empty: the one shape above
+    shapes: tuple[tuple[int, int, int], ...] = ()
 
     def compile_options(self) -> dict | None:
         """torch.compile's keyword arguments, or None when the bench runs eager."""
@@ -426,6 +429,20 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
+def each_shape(s: BenchSettings) -> list[BenchSettings]:
+    """The settings of each run: one per entry of `s.shapes` (frames, img_size, batch), or `s` itself."""
+    return [dataclasses.replace(s, frames=t, img_size=size, batch=b) for t, size, b in s.shapes] or [s]
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """'16x224' or '16x224x2' (frames x crop [x batch]) -> (16, 224, 1) / (16, 224, 2)."""
+    parts = text.lower().split("x")
+    if len(parts) not in (2, 3) or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise UsageError(f"bench --shapes: '{text}' is not FRAMESxCROP or FRAMESxCROPxBATCH (e.g. 16x224 or 8x112x4)")
+    frames, size, batch = (int(p) for p in parts + ["1"] * (3 - len(parts)))
+    return frames, size, batch
+
+
 def run_bench(s: BenchSettings, log=print) -> dict:
     unknown = [m for m in s.models if m not in list_models()]
     if unknown:
@@ -446,14 +463,21 @@ def run_bench(s: BenchSettings, log=print) -> dict:
     result = {"machine": _machine(s), "settings": asdict(s), "memory_method": memory_method,
               "flop_convention": "GFLOPs per clip count one multiply-add as one FLOP (fvcore); fractions are of "
                                  "the matmul rate in the same units; forward+backward counted as 3x forward",
-              "matmul": ceilings, "models": [bench_model(m, s, ceilings, log) for m in s.models]}
+              "matmul": ceilings,
+              "models": [bench_model(m, shape, ceilings, log) for m in s.models for shape in each_shape(s)]}
     result["data"] = data_benchmark(s.quick, log) if s.data else {"skipped": "--no-data"}
     return result
 
 
+def _shape(input_shape: list[int]) -> str:
+    """(B, 3, T, H, W) -> 'TxHxB'; images (B, 3, H, W) -> '1xHxB'."""
+    frames = input_shape[2] if len(input_shape) == 5 else 1
+    return f"{frames}x{input_shape[-1]}x{input_shape[0]}"
+
+
 def format_table(result: dict) -> str:
     """One line per (model, mode, dtype): clips/s of both sides, their ratio, peak memory and FLOP rate."""
-    head = (f"{'model':16s} {'mode':7s} {'dtype':5s} {'clips/s':>9s} {'ref':>9s} {'speedup':>7s} "
+    head = (f"{'model':16s} {'input':>10s} {'mode':7s} {'dtype':5s} {'clips/s':>9s} {'ref':>9s} {'speedup':>7s} "
             f"{'mem MB':>8s} {'ref MB':>8s} {'mem x':>6s} {'%peak':>6s} {'ref%':>6s}")
     lines = [head, "-" * len(head)]
     for m in result["models"]:
@@ -461,10 +485,10 @@ def format_table(result: dict) -> str:
             ours, ref = r["ours"], r["reference"]
             mem = (f"{ours['peak_mem_mb']:8.0f} {ref['peak_mem_mb']:8.0f} {r['memory_ratio']:6.2f}"
                    if "memory_ratio" in r else f"{'-':>8s} {'-':>8s} {'-':>6s}")
-            lines.append(f"{m['model']:16s} {r['mode']:7s} {r['dtype']:5s} {ours['clips_per_s']:9.3f} "
+            lines.append(f"{m['model']:16s} {_shape(m['input']):>10s} {r['mode']:7s} {r['dtype']:5s} {ours['clips_per_s']:9.3f} "
                          f"{ref['clips_per_s']:9.3f} {r['speedup']:6.2f}x {mem} {100 * ours['matmul_fraction']:5.1f}% "
                          f"{100 * ref['matmul_fraction']:5.1f}%")
-    lines.append("references: " + "; ".join(f"{m['model']}: {m['reference']}" for m in result["models"]))
+    lines.append("references: " + "; ".join(dict.fromkeys(f"{m['model']}: {m['reference']}" for m in result["models"])))
     settings = result["settings"]
     if settings["compile"]:
         lines.append(f"torch.compile, both sides (backend {settings['compile_backend']}, mode {settings['compile_mode']}); "
@@ -488,7 +512,8 @@ def run_from_args(args) -> int:
     given = dict(models=models, batch=args.batch, modes=tuple(args.modes), dtypes=tuple(args.dtypes),
                  memory=not args.no_memory, data=not args.no_data, frames=args.frames, img_size=args.img_size,
                  iters=args.iters, device=args.device, threads=args.threads, fuse=not args.no_fuse,
-                 compile=args.compile, compile_backend=args.compile_backend, compile_mode=args.compile_mode)
+                 compile=args.compile, compile_backend=args.compile_backend, compile_mode=args.compile_mode,
+                 shapes=tuple(parse_shape(t) for t in args.shapes) if args.shapes else None)
     # flags left out take the defaults of the full or the --quick bench
     given = {k: v for k, v in given.items() if v is not None}
     s = BenchSettings.quick_settings(**given) if args.quick else BenchSettings(**given)
