@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from vidformer.layers import attention
+from vidformer.models import mvitv2
 from vidformer.models.mvitv2 import MViTv2, rel_pos_bias
 from vidformer.models.registry import create_model
 
@@ -253,3 +254,17 @@ def test_every_training_path_of_the_attention_gives_the_same_values_and_gradient
         for ref, out in [(first[0], other[0]), (first[2], other[2]), *zip(first[3], other[3])]:
             # relative to the largest entry, or absolute where the true gradient is 0 (a key norm's bias)
             assert (ref - out).abs().max() <= 1e-5 * max(ref.abs().max().item(), 1.0)
+
+
+def test_size_constants_are_built_once_in_eager_and_equal_a_fresh_build():
+    mvitv2._SIZE_CONSTANTS.clear()
+    model = create_model("mvitv2_s", num_classes=3, num_frames=4, img_size=32, depths=(1, 1), embed_dim=16).eval()
+    x = torch.randn(1, 3, 4, 32, 32)
+    with torch.no_grad():
+        first = model(x)
+        cached = dict(mvitv2._SIZE_CONSTANTS)
+        assert {key[0] for key in cached} == {"_offsets", "_key_onehots"}
+        assert torch.equal(model(x), first) and mvitv2._SIZE_CONSTANTS.keys() == cached.keys()
+    for (name, sizes, device, dtype), value in cached.items():
+        built = getattr(mvitv2, name)(*sizes, like=torch.empty(0, device=device, dtype=dtype))
+        assert torch.equal(value, built)
