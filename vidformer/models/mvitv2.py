@@ -109,6 +109,12 @@ def _size_constant(build, *sizes, like: torch.Tensor) -> torch.Tensor:
     return _SIZE_CONSTANTS[key]
 
 
+def split_prefix(z: torch.Tensor, p: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, P + N, ...) -> the P prefix (cls) rows and the N grid rows, by one split: its backward is one cat
+    of the two gradients, where two slices' backwards each zero-fill and copy a gradient of the full size."""
+    return z.split([p, z.shape[1] - p], dim=1)
+
+
 def rel_pos_terms(q: torch.Tensor, q_grid: Grid, k_grid: Grid, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor,
                   rel_pos_t: torch.Tensor | None, num_prefix: int) -> torch.Tensor:
     """Per-axis relative-position logits [q.R_t | q.R_h | q.R_w], one column per key position along each axis.
@@ -120,7 +126,7 @@ def rel_pos_terms(q: torch.Tensor, q_grid: Grid, k_grid: Grid, rel_pos_h: torch.
     (qt, qh, qw), (kt, kh, kw) = q_grid, k_grid
     b, _, n, d = q.shape
     p = num_prefix
-    r = q[:, p:].reshape(b, qt, qh, qw, n, d)
+    r = split_prefix(q, p)[1].reshape(b, qt, qh, qw, n, d)
     # each matmul is batched over its own axis and reads q in place: (B, qt, qh, qw, heads, k_axis)
     rh = _rel_pos_table(rel_pos_h, qh, kh)  # (qh, kh, d)
     terms = [(r.view(b, qt, qh, qw * n, d) @ rh.transpose(1, 2)).view(b, qt, qh, qw, n, kh),
@@ -217,7 +223,8 @@ class MultiScaleAttention(nn.Module):
         b, _, n, d = z.shape
         p, c = self.num_prefix, n * d
         t, h, w = grid
-        frames = z[:, p:].reshape(b, t, h, w, c)
+        prefix, rest = split_prefix(z, p)
+        frames = rest.reshape(b, t, h, w, c)
         weight = conv.weight if conv.weight.ndim == 5 else conv.weight.unsqueeze(2)  # (d, 1, kt, kh, kw)
         training = torch.is_grad_enabled() and z.requires_grad
         if training and frames.numel() < _PER_HEAD_MAX_NUMEL:
@@ -235,7 +242,7 @@ class MultiScaleAttention(nn.Module):
             new_grid = (out.shape[1], *out.shape[3:])
             out = out.permute(0, 1, 3, 4, 2).reshape(b, -1, n, d)  # (B, N', heads, d)
         if p:
-            out = torch.cat([z[:, :p], out], dim=1)
+            out = torch.cat([prefix, out], dim=1)
         return norm(out), new_grid
 
     @staticmethod
@@ -287,7 +294,11 @@ class MultiScaleAttention(nn.Module):
         if self.residual_pooling:
             # Z = Attn(Q, K, V) + Q (MViTv2 Eq. 5), the cls row excepted as in PySlowFast
             p = self.num_prefix
-            out = torch.cat([out[:, :p], out[:, p:] + q[:, p:]], dim=1) if p else out + q
+            if p:
+                out_prefix, out_rest = split_prefix(out, p)
+                out = torch.cat([out_prefix, out_rest + split_prefix(q, p)[1]], dim=1)
+            else:
+                out = out + q
         return self.proj_drop(self.proj(out.reshape(b, -1, self.dim)))
 
 
@@ -315,10 +326,11 @@ class MultiScaleBlock(nn.Module):
             return x
         p = self.num_prefix
         b, _, c = x.shape
-        grid_cl = x[:, p:].reshape(b, *grid, c).permute(0, 4, 1, 2, 3)  # (B, C, T, H, W), channels-last
+        prefix, rest = split_prefix(x, p)
+        grid_cl = rest.reshape(b, *grid, c).permute(0, 4, 1, 2, 3)  # (B, C, T, H, W), channels-last
         out = F.max_pool3d(grid_cl, self.skip_kernel, self.skip_stride, tuple(k // 2 for k in self.skip_kernel))
         out = out.permute(0, 2, 3, 4, 1).reshape(b, -1, c)
-        return torch.cat([x[:, :p], out], dim=1) if p else out
+        return torch.cat([prefix, out], dim=1) if p else out
 
     def forward(self, x: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, Grid]:
         x_norm = self.norm1(x)
