@@ -1,11 +1,15 @@
 """Video data pipeline on synthetic videos: decoders, dataset layouts, sampling rules, bad files, loaders."""
 
+import multiprocessing
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
+import vidformer
 from vidformer.config import get_cfg
 from torchvision import tv_tensors
 
@@ -129,10 +133,42 @@ def test_epochs_are_reproducible_and_workers_do_not_change_samples(kinetics):
     assert not torch.equal(first[0], next(iter(again))["video"])
     workers = build_loader(tiny_cfg(kinetics, "AUG.ENABLE", "True", "DATA_LOADER.NUM_WORKERS", "2"), "train", seed=5)
     assert all(torch.equal(a, b["video"]) for a, b in zip(first, workers))
-    # the next epoch's samples reach the workers too
+    # the next epoch's samples reach the (persistent) workers too
     workers.set_epoch(1)
     again.set_epoch(1)
     assert all(torch.equal(a["video"], b["video"]) for a, b in zip(again, workers))
+
+
+# a user's script (or a test whose traceback keeps its loader): the workers are alive when the interpreter exits
+_SCRIPT_KEEPING_A_LOADER = """
+import sys
+from vidformer.config import get_cfg
+from vidformer.data import build_loader
+loader = build_loader(get_cfg(overrides=sys.argv[1:]), "train")
+batch = next(iter(loader))
+"""
+
+
+def test_a_process_holding_a_loader_with_live_workers_exits(kinetics):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(vidformer.__file__)))
+    overrides = ["DATA.PATH_TO_DATA_DIR", kinetics, *TINY, "DATA_LOADER.NUM_WORKERS", "2"]
+    try:
+        subprocess.run([sys.executable, "-c", _SCRIPT_KEEPING_A_LOADER, *overrides], env=dict(os.environ, PYTHONPATH=root),
+                       check=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process did not exit: its data workers outlived it")
+
+
+def test_workers_ignore_a_stop_signal_the_cluster_sends_them(kinetics):
+    others = set(multiprocessing.active_children())
+    loader = build_loader(tiny_cfg(kinetics, "DATA_LOADER.NUM_WORKERS", "1"), "train")
+    first = [b["video"] for b in loader]
+    workers = set(multiprocessing.active_children()) - others
+    assert len(workers) == 1  # persistent: alive between epochs
+    for worker in workers:  # Slurm signals every process of the step, the workers too
+        subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)
+        subprocess.run(["kill", "-USR1", str(worker.pid)], check=True)
+    assert all(torch.equal(a, b["video"]) for a, b in zip(first, loader))
 
 
 def test_distributed_split(kinetics):

@@ -365,8 +365,8 @@ def run_loader_benchmark(*, root: str | None = None, workers: int = 2, epochs: i
         step_s = time.perf_counter() - start  # the workers load a batch (one video each) in about one sample's time
         result = {"workers": workers, "batch": workers, "step_s": step_s, "runs": {}}
         runs = {
-            "default (not persistent, prefetch 2)": dict(persistent_workers=False, prefetch_factor=2),
-            "persistent, prefetch 2": dict(persistent_workers=True, prefetch_factor=2),
+            "not persistent, prefetch 2": dict(persistent_workers=False, prefetch_factor=2),
+            "default (persistent, prefetch 2)": dict(persistent_workers=True, prefetch_factor=2),
             "persistent, prefetch 4": dict(persistent_workers=True, prefetch_factor=4),
         }
         for name, settings in runs.items():
