@@ -11,8 +11,8 @@ distinct videos fail. The decoder a video layout needs is checked when the loade
 
 DataLoader settings (measured with `python tools/bench_data.py --loader`, 2 workers on 256p Kinetics-like
 files, a training step as long as a batch's loading): train workers are persistent, so a new epoch starts
-without forking them again and importing the decoders in each (its first batch 19 % sooner, less wait per
-batch); the epoch reaches them through shared memory (ClipDataset.epoch). Val workers are not: validation
+without forking them again and importing the decoders in each (0.93x the epoch time and 0.94x the wait per
+batch, alternating rounds on a shared machine); the epoch reaches them through shared memory (ClipDataset.epoch). Val workers are not: validation
 runs every TRAIN.EVAL_PERIOD epochs, and its workers would sit idle in between. Workers ignore the
 cluster's stop signals but not their parent's SIGTERM, which ends those still alive at interpreter exit
 (_ignore_cluster_stop_signals). prefetch_factor stays 2: 4 did not wait less, and it holds twice
