@@ -9,7 +9,12 @@ Each PATH is a checkout of the official repository; its model code is imported f
 weights go into vidformer's model through the checkpoint converters (`load_pretrained(..., strict=True)`,
 the layouts `uniformer_official_video` and `dvt_official`), the logits are compared, then forward
 (vidformer fused for inference as `vidformer test` runs it, and as trained) and forward+backward are
-timed, the models taking turns step by step (`vidformer.engine.bench.time_alternating`), medians.
+timed, the models taking turns step by step (`vidformer.engine.bench.time_alternating`), medians. DVT has
+no inference fusions, so it has one forward row; both DVT sides run all three exits (the official
+inference.py does too: it has no early-exit forward and applies its thresholds afterwards), and a training
+step's loss is `vidformer bench`'s cross-entropy of the exits' mean logits on both sides (the official
+main.py sums one per exit: the same backward through every exit). On a shared machine `--threads 1` gives
+steadier ratios: two threads on two busy cores spend much of a step waiting for each other.
 
 Running the official code on current torch/timm needs two shims, both here and both only for the import:
 - UniFormer's model file imports PySlowFast's registry and logger (`slowfast.models.build`,
