@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from vidformer.layers import attention
+from vidformer.layers import attention, tokens
 from vidformer.models import mvitv2
 from vidformer.models.mvitv2 import MViTv2, rel_pos_bias
 from vidformer.models.registry import create_model
@@ -257,14 +257,13 @@ def test_every_training_path_of_the_attention_gives_the_same_values_and_gradient
 
 
 def test_size_constants_are_built_once_in_eager_and_equal_a_fresh_build():
-    mvitv2._SIZE_CONSTANTS.clear()
+    tokens._SIZE_CONSTANTS.clear()
     model = create_model("mvitv2_s", num_classes=3, num_frames=4, img_size=32, depths=(1, 1), embed_dim=16).eval()
     x = torch.randn(1, 3, 4, 32, 32)
     with torch.no_grad():
         first = model(x)
-        cached = dict(mvitv2._SIZE_CONSTANTS)
-        assert {key[0] for key in cached} == {"_offsets", "_key_onehots"}
-        assert torch.equal(model(x), first) and mvitv2._SIZE_CONSTANTS.keys() == cached.keys()
-    for (name, sizes, device, dtype), value in cached.items():
-        built = getattr(mvitv2, name)(*sizes, like=torch.empty(0, device=device, dtype=dtype))
-        assert torch.equal(value, built)
+        cached = dict(tokens._SIZE_CONSTANTS)
+        assert {key[0] for key in cached} == {mvitv2._offsets, mvitv2._key_onehots}
+        assert torch.equal(model(x), first) and tokens._SIZE_CONSTANTS.keys() == cached.keys()
+    for (build, sizes, device, dtype), value in cached.items():
+        assert torch.equal(value, build(*sizes, like=torch.empty(0, device=device, dtype=dtype)))

@@ -9,6 +9,7 @@ time at the first exit, research note §5.2). With num_frames=1 the temporal ker
 is the image DVT; the official DVT DeiT-S checkpoint loads through `checkpoint_layouts`.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vidformer.layers import CubePatchEmbed, DropPath, Mlp, as_video, attention, drop_path_rates, to_tokens, triple
+from vidformer.layers import (CubePatchEmbed, DropPath, Mlp, as_video, attention, drop_path_rates, size_constant,
+                              to_tokens, triple)
 from vidformer.models.base import CheckpointLayout, PretrainedCfg, VideoModel, check_output_fmt, stage_indices
 from vidformer.models.registry import register_model
 
@@ -38,6 +40,38 @@ def area_resize(x: torch.Tensor, size: Grid) -> torch.Tensor:
     return F.adaptive_avg_pool3d(x, size)
 
 
+def _area_resize_matrix(t: int, h: int, w: int, t_out: int, h_out: int, w_out: int, like: torch.Tensor) -> torch.Tensor:
+    """(N, N_up): area_resize of a (t, h, w) grid to (t_out, h_out, w_out) as a matrix on the flattened grid
+    (the resize is linear and the same for every channel), with an extra leading row and column carrying
+    the class token through (so that its top-left block is the grid's)."""
+    n_up = t * h * w
+    basis = torch.eye(n_up, dtype=torch.float64, device=like.device).reshape(n_up, 1, t, h, w)
+    grid = area_resize(basis, (t_out, h_out, w_out)).reshape(n_up, -1).t()
+    matrix = F.pad(grid, (1, 0, 1, 0))
+    matrix[0, 0] = 1.0
+    return matrix.to(like.dtype)
+
+
+def resize_matrix(up_grid: Grid, grid: Grid, like: torch.Tensor) -> torch.Tensor:
+    """(1 + N, 1 + N_up): class token, then area_resize from up_grid to grid; built once per size (in eager)."""
+    return size_constant(_area_resize_matrix, *up_grid, *grid, like=like)
+
+
+torch.library.define("vidformer::grid_resize", "(Tensor x, Tensor matrix) -> Tensor")
+
+
+@torch.library.impl("vidformer::grid_resize", "CompositeImplicitAutograd")
+def _grid_resize(x, matrix):
+    return matrix @ x
+
+
+def grid_resize(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """matrix @ x: (..., 1 + N_up, C) tokens -> (..., 1 + N, C). One registered op, so that fvcore counts it as
+    it counts the pooling it computes (not at all) while it runs as one matmul: 4-5x faster than the
+    upsample and adaptive pooling on CPU, 20 % of a DVT training step before."""
+    return torch.ops.vidformer.grid_resize(x, matrix)
+
+
 class FeatureReuse(nn.Module):
     """f_l of paper Eq. 4: the upstream exit's last-block tokens -> LN -> MLP(D -> 128 -> 48) -> resized to
     this exit's grid, with zeros in the class-token slot (reusing the upstream class token was worse, Table 7)."""
@@ -48,11 +82,9 @@ class FeatureReuse(nn.Module):
         self.mlp = Mlp(dim, hidden, out_dim, drop=drop)
 
     def forward(self, upstream: torch.Tensor, up_grid: Grid, grid: Grid) -> torch.Tensor:
-        ctx = self.mlp(self.norm(upstream))[:, 1:]  # (B, N_up, D')
-        b, _, c = ctx.shape
-        ctx = area_resize(ctx.transpose(1, 2).reshape(b, c, *up_grid), grid)  # (B, D', t, h, w)
-        ctx = ctx.flatten(2).transpose(1, 2)  # (B, N, D')
-        return torch.cat([ctx.new_zeros(b, 1, c), ctx], dim=1)  # (B, 1 + N, D')
+        ctx = self.mlp(self.norm(upstream))  # (B, 1 + N_up, D')
+        # zeros in the class-token slot: the matrix's class column is dropped, its class row then reads nothing
+        return grid_resize(ctx[:, 1:], resize_matrix(up_grid, grid, ctx)[:, 1:])  # (B, 1 + N, D')
 
 
 class RelationReuse(nn.Module):
@@ -68,18 +100,9 @@ class RelationReuse(nn.Module):
 
     def forward(self, logits: list[torch.Tensor], up_grid: Grid, grid: Grid) -> list[torch.Tensor]:
         rel = self.fc2(self.act(self.fc1(torch.cat(logits, dim=1))))  # (B, L*h, 1 + N_up, 1 + N_up)
-        b, c = rel.shape[:2]
-        rel = rel.flatten(0, 1)
-        rel = self._resize_keys(rel, up_grid, grid).transpose(1, 2)  # (B*L*h, 1 + N, 1 + N_up)
-        rel = self._resize_keys(rel, up_grid, grid).transpose(1, 2)  # (B*L*h, 1 + N, 1 + N)
-        return list(rel.reshape(b, c, *rel.shape[1:]).chunk(len(logits), dim=1))
-
-    @staticmethod
-    def _resize_keys(rel: torch.Tensor, up_grid: Grid, grid: Grid) -> torch.Tensor:
-        """(M, R, 1 + N_up) -> (M, R, 1 + N): the R rows act as channels of a (t, h, w) map of keys."""
-        m, r = rel.shape[:2]
-        keys = area_resize(rel[..., 1:].reshape(m, r, *up_grid), grid).reshape(m, r, -1)
-        return torch.cat([rel[..., :1], keys], dim=-1)
+        p = resize_matrix(up_grid, grid, rel)
+        rel = grid_resize(grid_resize(rel, p).transpose(-1, -2), p).transpose(-1, -2)  # P rel P^T: (B, L*h, 1 + N, 1 + N)
+        return list(rel.chunk(len(logits), dim=1))
 
 
 class DvtAttention(nn.Module):

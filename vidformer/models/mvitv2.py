@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vidformer.layers import (CubePatchEmbed, DropPath, Mlp, SpaceTimeConv, as_video, drop_path_rates,
-                              factored_bias_attention, to_grid, triple)
+                              factored_bias_attention, size_constant, to_grid, triple)
 from vidformer.models.base import CheckpointLayout, PretrainedCfg, VideoModel, check_output_fmt, stage_indices
 from vidformer.models.registry import register_model
 
@@ -80,7 +80,7 @@ def _rel_pos_table(table: torch.Tensor, q_len: int, k_len: int) -> torch.Tensor:
         table = F.interpolate(table.t().unsqueeze(0), size=rows, mode="linear").squeeze(0).t()
     # an embedding lookup (a gather, no FLOPs, as the papers count it); its CPU backward is as fast as a
     # one-hot matmul's
-    return F.embedding(_size_constant(_offsets, q_len, k_len, like=table), table)
+    return F.embedding(size_constant(_offsets, q_len, k_len, like=table), table)
 
 
 def _offsets(q_len: int, k_len: int, like: torch.Tensor) -> torch.Tensor:
@@ -89,24 +89,6 @@ def _offsets(q_len: int, k_len: int, like: torch.Tensor) -> torch.Tensor:
     qi = torch.arange(q_len, device=like.device, dtype=torch.float32)
     kj = torch.arange(k_len, device=like.device, dtype=torch.float32)
     return (qi[:, None] * q_ratio - (kj[None, :] + (1.0 - k_len)) * k_ratio).long()
-
-
-_SIZE_CONSTANTS: dict = {}
-
-
-def _size_constant(build, *sizes, like: torch.Tensor) -> torch.Tensor:
-    """build(*sizes, like): a tensor that depends only on sizes, `like`'s device and dtype, built once per key.
-
-    The offset tables and key one-hots are about 50 small ops per block, a tenth of a small clip's forward.
-    A traced or exported forward (compile, export, fake tensors) builds them in its graph instead.
-    """
-    if type(like) not in (torch.Tensor, nn.Parameter) or torch.compiler.is_compiling() or torch.compiler.is_exporting():
-        return build(*sizes, like=like)
-    key = (build.__name__, sizes, like.device, like.dtype)
-    if key not in _SIZE_CONSTANTS:
-        with torch.no_grad():
-            _SIZE_CONSTANTS[key] = build(*sizes, like=like)
-    return _SIZE_CONSTANTS[key]
 
 
 def split_prefix(z: torch.Tensor, p: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,7 +127,7 @@ def key_position_indicators(k_grid: Grid, num_prefix: int, temporal: bool, like:
     [q * scale | terms] . [k | indicators]^T = scale q.k + E. The bias then needs no separate tensor,
     and SDPA keeps its fused kernels in forward and backward.
     """
-    return _size_constant(_key_onehots, *k_grid, num_prefix, temporal, like=like)
+    return size_constant(_key_onehots, *k_grid, num_prefix, temporal, like=like)
 
 
 def _key_onehots(kt: int, kh: int, kw: int, num_prefix: int, temporal: bool, like: torch.Tensor) -> torch.Tensor:
