@@ -9,7 +9,6 @@ time at the first exit, research note §5.2). With num_frames=1 the temporal ker
 is the image DVT; the official DVT DeiT-S checkpoint loads through `checkpoint_layouts`.
 """
 
-import math
 from dataclasses import dataclass
 
 import torch
