@@ -13,7 +13,7 @@ from vidformer.config import get_cfg
 from vidformer.errors import ConfigError, UsageError
 from vidformer.flops import count_flops, model_flops
 from vidformer.layers import mlp as mlp_module
-from vidformer.layers import (CubePatchEmbed, DropPath, GroupNorm1, LayerNormChannels, Mlp, SpaceTimeConv, as_video,
+from vidformer.layers import (ConvMlp, CubePatchEmbed, DropPath, GroupNorm1, LayerNormChannels, Mlp, SpaceTimeConv, as_video,
                               attention, drop_path_rates, to_grid, to_tokens)
 
 
@@ -266,3 +266,17 @@ def test_eval_mlp_on_many_rows_runs_in_pieces_with_the_same_values(monkeypatch):
     calls.clear()
     mlp(x).sum().backward()  # with gradients: one piece, so autograd keeps one hidden buffer
     assert calls == [2]
+
+
+def test_eval_conv_mlp_on_a_channels_last_grid_runs_in_pieces_with_the_same_values(monkeypatch):
+    monkeypatch.setattr(mlp_module, "_EVAL_CHUNK_ROWS", 16)
+    mlp = ConvMlp(8, 32).eval()
+    x = torch.randn(2, 8, 3, 5, 4).contiguous(memory_format=torch.channels_last_3d)  # 120 rows
+    calls = []
+    mlp.act.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    with torch.no_grad():
+        plain = mlp.fc2(mlp.act(mlp.fc1(x)))
+        calls.clear()
+        out = mlp(x)
+    assert calls == [16] * 7 + [8] and out.shape == plain.shape
+    torch.testing.assert_close(out, plain, rtol=0, atol=1e-6)

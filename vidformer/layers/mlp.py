@@ -1,6 +1,7 @@
 """The transformer MLPs, stochastic depth and the ViT-style linear init, shared by the families."""
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vidformer.layers.conv import SpaceTimeConv
@@ -30,15 +31,25 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-        if (self.training or torch.is_grad_enabled() or not isinstance(rows, int) or rows < 2 * _EVAL_CHUNK_ROWS
-                or torch.compiler.is_compiling()):
-            return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-        flat = x.reshape(rows, x.shape[-1])
-        out = flat.new_empty(rows, self.fc2.out_features)
-        for piece, dest in zip(flat.split(_EVAL_CHUNK_ROWS), out.split(_EVAL_CHUNK_ROWS)):
-            dest.copy_(self.fc2(self.act(self.fc1(piece))))
-        return out.view(*x.shape[:-1], -1)
+        if _in_pieces(self, x):
+            return _rows_in_pieces(x, self.fc2.out_features, lambda rows: self.fc2(self.act(self.fc1(rows))))
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+def _in_pieces(module: nn.Module, rows_last: torch.Tensor) -> bool:
+    """Eval, no gradient, eager, and a concrete number of rows (of the last axis) worth splitting."""
+    rows = rows_last.numel() // rows_last.shape[-1] if rows_last.shape[-1] else 0
+    return (not module.training and not torch.is_grad_enabled() and isinstance(rows, int)
+            and rows >= 2 * _EVAL_CHUNK_ROWS and not torch.compiler.is_compiling())
+
+
+def _rows_in_pieces(x: torch.Tensor, out_features: int, fn) -> torch.Tensor:
+    """fn (row-wise, (n, C) -> (n, out_features)) over x's rows in pieces of _EVAL_CHUNK_ROWS, one output buffer."""
+    flat = x.reshape(-1, x.shape[-1])
+    out = flat.new_empty(flat.shape[0], out_features)
+    for piece, dest in zip(flat.split(_EVAL_CHUNK_ROWS), out.split(_EVAL_CHUNK_ROWS)):
+        dest.copy_(fn(piece))
+    return out.view(*x.shape[:-1], out_features)
 
 
 class ConvMlp(nn.Module):
@@ -51,6 +62,12 @@ class ConvMlp(nn.Module):
         self.fc2 = SpaceTimeConv(hidden, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.movedim(1, -1)  # (B, T, H, W, C): contiguous for a channels-last grid
+        if tokens.is_contiguous() and self.fc1._is_pointwise() and _in_pieces(self, tokens):  # as Mlp.forward
+            w1, w2 = self.fc1.weight.flatten(1), self.fc2.weight.flatten(1)
+            out = _rows_in_pieces(tokens, w2.shape[0],
+                                  lambda rows: F.linear(self.act(F.linear(rows, w1, self.fc1.bias)), w2, self.fc2.bias))
+            return out.movedim(-1, 1)
         return self.fc2(self.act(self.fc1(x)))
 
 
