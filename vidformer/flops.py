@@ -4,7 +4,9 @@ fvcore counts convolutions, linear layers, matmul/einsum/bmm and norms; vidforme
 attention op (scaled_dot_product_attention: the QK^T and AV products), so attention is counted the
 same whether a model runs it fused or explicitly, and `vidformer::factored_bias_attention` (MViTv2's
 rel-pos bias folded into that matmul) as the papers count it: QK^T and AV over the head width, the bias
-an addition (its q.R products are matmuls outside the op, counted as such).
+an addition (its q.R products are matmuls outside the op, counted as such). `vidformer::grid_resize`
+(DVT's area resize of token grids, run as a matrix product) is left uncounted, as fvcore leaves the
+upsampling and pooling it computes.
 """
 
 import logging
