@@ -241,3 +241,27 @@ def test_a_checkpoint_with_another_class_count_drops_every_exit_head():
     report = load_pretrained(target, source.state_dict())
     assert set(report.dropped) == {f"exits.{k}.head.{n}" for k in range(3) for n in ("weight", "bias")}
     assert not report.mismatched and report.checkpoint_num_classes == 5
+
+
+@pytest.mark.parametrize("up_grid, grid", [((1, 7, 7), (1, 10, 10)), ((2, 3, 4), (4, 5, 4)), ((1, 10, 10), (1, 14, 14))])
+def test_reuse_resizes_by_matrix_equal_the_upsample_and_pooling(up_grid, grid):
+    from vidformer.models import dvt
+
+    torch.manual_seed(0)
+    n_up, n = math.prod(up_grid), math.prod(grid)
+    feature = dvt.FeatureReuse(16, 8, 6).eval()
+    upstream = torch.randn(2, 1 + n_up, 16)
+    ctx = feature.mlp(feature.norm(upstream))[:, 1:].transpose(1, 2).reshape(2, 6, *up_grid)
+    expected = dvt.area_resize(ctx, grid).flatten(2).transpose(1, 2)
+    out = feature(upstream, up_grid, grid)
+    assert out.shape == (2, 1 + n, 6) and torch.equal(out[:, 0], torch.zeros(2, 6))
+    torch.testing.assert_close(out[:, 1:], expected, rtol=0, atol=1e-6)
+
+    relation = dvt.RelationReuse(3).eval()
+    logits = [torch.randn(2, 1, 1 + n_up, 1 + n_up) for _ in range(3)]
+    rel = relation.fc2(relation.act(relation.fc1(torch.cat(logits, dim=1))))
+    keys = torch.cat([rel[..., :1], dvt.area_resize(rel[..., 1:].reshape(2, -1, *up_grid), grid).reshape(2, 3, 1 + n_up, n)], -1)
+    keys = keys.transpose(-1, -2)  # (2, 3, 1 + N, 1 + N_up): now resize the queries the same way
+    both = torch.cat([keys[..., :1], dvt.area_resize(keys[..., 1:].reshape(2, -1, *up_grid), grid).reshape(2, 3, 1 + n, n)], -1)
+    out = torch.cat(relation(logits, up_grid, grid), dim=1)
+    torch.testing.assert_close(out, both.transpose(-1, -2), rtol=0, atol=1e-6)

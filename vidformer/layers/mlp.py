@@ -63,7 +63,7 @@ class ConvMlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = x.movedim(1, -1)  # (B, T, H, W, C): contiguous for a channels-last grid
-        if tokens.is_contiguous() and self.fc1._is_pointwise() and _in_pieces(self, tokens):  # as Mlp.forward
+        if tokens.is_contiguous() and _in_pieces(self, tokens):  # as Mlp.forward
             w1, w2 = self.fc1.weight.flatten(1), self.fc2.weight.flatten(1)
             out = _rows_in_pieces(tokens, w2.shape[0],
                                   lambda rows: F.linear(self.act(F.linear(rows, w1, self.fc1.bias)), w2, self.fc2.bias))
