@@ -1,5 +1,6 @@
 """Foundation: config loading and errors, registry, shared layers, FLOPs counting, CLI."""
 
+import importlib
 import json
 
 import pytest
@@ -14,7 +15,7 @@ from vidformer.errors import ConfigError, UsageError
 from vidformer.flops import count_flops, model_flops
 from vidformer.layers import mlp as mlp_module
 from vidformer.layers import (ConvMlp, CubePatchEmbed, DropPath, GroupNorm1, LayerNormChannels, Mlp, SpaceTimeConv, as_video,
-                              attention, drop_path_rates, to_grid, to_tokens)
+                              attention, drop_path_rates, factored_bias_attention, to_grid, to_tokens)
 
 
 # ---------------------------------------------------------------- config
@@ -116,6 +117,29 @@ def test_attention_matches_explicit_softmax_with_bias():
     bias = torch.randn(2, 3, 5, 7)
     ref = torch.softmax(q @ k.transpose(-1, -2) * 0.5 + bias, dim=-1) @ v
     assert torch.allclose(attention(q, k, v, bias), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("d,extra", [(8, 5), (8, 8), (12, 9)])  # widths 13 and 21 are padded, 16 is not
+def test_factored_bias_attention_equals_attention_with_the_explicit_bias(d, extra):
+    """softmax(q k^T / sqrt(d) + T K^T) v, values and gradients, whether or not the augmented width is padded."""
+    assert importlib.import_module("vidformer.layers.attention")._AUG_WIDTH_MULTIPLE == 16  # as the widths assume
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, n, d, requires_grad=True) for n in (11, 7, 7))
+    terms = torch.randn(2, 3, 11, extra, requires_grad=True)
+    keys = torch.randn(7, extra)
+    out = factored_bias_attention(q, k, v, terms, keys)
+    ref_inputs = [t.detach().clone().requires_grad_() for t in (q, k, v, terms)]
+    rq, rk, rv, rt = ref_inputs
+    ref = torch.softmax(rq @ rk.transpose(-1, -2) * d ** -0.5 + rt @ keys.t(), dim=-1) @ rv
+    grad = torch.randn_like(ref)
+    out.backward(grad)
+    ref.backward(grad)
+    assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-5)
+    for mine, theirs in zip((q, k, v, terms), ref_inputs):
+        assert torch.allclose(mine.grad, theirs.grad, atol=1e-5)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low = factored_bias_attention(q, k, v, terms, keys)
+    assert low.dtype == torch.bfloat16 and torch.allclose(low.float(), ref, atol=0.1)
 
 
 # ---------------------------------------------------------------- FLOPs
@@ -280,3 +304,4 @@ def test_eval_conv_mlp_on_a_channels_last_grid_runs_in_pieces_with_the_same_valu
         out = mlp(x)
     assert calls == [16] * 7 + [8] and out.shape == plain.shape
     torch.testing.assert_close(out, plain, rtol=0, atol=1e-6)
+

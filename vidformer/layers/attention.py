@@ -93,14 +93,22 @@ torch.library.define("vidformer::factored_bias_attention",
                      "(Tensor q, Tensor k, Tensor v, Tensor q_terms, Tensor key_terms) -> Tensor")
 
 
+# the augmented head width is padded with zero columns to a multiple of this: torch's CPU flash kernels run
+# whole vectors then (measured with AVX-512: bf16 forward 1.4-1.6x faster at MViTv2's 118 -> 128, fp32 level)
+_AUG_WIDTH_MULTIPLE = 16
+
+
 @torch.library.impl("vidformer::factored_bias_attention", "CompositeImplicitAutograd")
 def _factored_bias_attention(q, k, v, q_terms, key_terms):
-    # [q * scale | q_terms] . [k | key_terms]^T = scale q.k + bias; v is zero-padded to the same width
-    b, heads, _, d = q.shape
+    # [q * scale | q_terms | 0] . [k | key_terms | 0]^T = scale q.k + bias; v is zero-padded to the same width
+    # (the fused kernels take one head width for q, k and v)
+    b, heads, nq, d = q.shape
     extra = key_terms.shape[-1]
-    q_aug = torch.cat([q * d ** -0.5, q_terms], dim=-1)  # (B, heads, Nq, d + extra)
-    k_aug = torch.cat([k, key_terms.expand(b, heads, -1, -1)], dim=-1)
-    out = attention(q_aug, k_aug, F.pad(v, (0, extra)), scale=1.0)
+    pad = -(d + extra) % _AUG_WIDTH_MULTIPLE
+    zero = q.new_zeros(())
+    q_aug = torch.cat([q * d ** -0.5, q_terms, zero.expand(b, heads, nq, pad)], dim=-1)  # (B, heads, Nq, width)
+    k_aug = torch.cat([k, key_terms.expand(b, heads, -1, -1), zero.expand(b, heads, k.shape[2], pad)], dim=-1)
+    out = attention(q_aug, k_aug, F.pad(v, (0, extra + pad)), scale=1.0)
     return out[..., :d]
 
 
