@@ -288,6 +288,11 @@ def test_eval_mlp_on_many_rows_runs_in_pieces_with_the_same_values(monkeypatch):
     assert calls == [16, 16, 16, 16, 10]
     torch.testing.assert_close(out, plain, rtol=0, atol=1e-6)
     calls.clear()
+    with torch.no_grad():
+        mlp(x[:, :12])  # 24 rows, 1.5 pieces: two
+        mlp(x[:, :8])  # 16 rows, one piece: whole
+    assert calls == [16, 8, 2]
+    calls.clear()
     mlp(x).sum().backward()  # with gradients: one piece, so autograd keeps one hidden buffer
     assert calls == [2]
 
