@@ -310,3 +310,36 @@ def test_eval_conv_mlp_on_a_channels_last_grid_runs_in_pieces_with_the_same_valu
     assert calls == [16] * 7 + [8] and out.shape == plain.shape
     torch.testing.assert_close(out, plain, rtol=0, atol=1e-6)
 
+
+
+@pytest.mark.parametrize("act", [nn.GELU, nn.SiLU])
+def test_training_mlp_recomputes_its_activation_with_the_same_values_and_gradients(act):
+    """fc2 keeps the activation's input only; values and gradients are autograd's, fp32 and under bf16 autocast."""
+    torch.manual_seed(0)
+    mlp = Mlp(8, 32, 12, act_layer=act).train()
+    x = torch.randn(2, 37, 8, requires_grad=True)
+    grad = torch.randn(2, 37, 12)
+
+    def run(fn, inputs):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            out = fn(inputs)
+        params = [inputs, mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias]
+        return out, torch.autograd.grad(out, params, grad.to(out.dtype)), saved
+
+    out, grads, saved = run(mlp, x)
+    ref, ref_grads, ref_saved = run(lambda t: mlp.fc2(mlp.act(mlp.fc1(t))), x)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+    for mine, theirs in zip(grads, ref_grads):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+    hidden = 2 * 37 * 32
+    assert ref_saved.count(hidden) >= 2 and saved.count(hidden) == 1  # the activation's output is not kept
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low, low_grads, _ = run(mlp, x)
+        low_ref, low_ref_grads, _ = run(lambda t: mlp.fc2(mlp.act(mlp.fc1(t))), x)
+    assert low.dtype == torch.bfloat16 and torch.allclose(low.float(), low_ref.float(), atol=1e-2)
+    for mine, theirs in zip(low_grads, low_ref_grads):
+        assert mine.dtype == theirs.dtype and torch.allclose(mine.float(), theirs.float(), rtol=2e-2, atol=2e-2)
+    mlp.drop.p = 0.5  # dropout between act and fc2: the plain path, whose mask autograd keeps
+    _, _, dropped = run(mlp, x)
+    assert dropped.count(hidden) >= 2
