@@ -53,8 +53,9 @@ class _ActivationRecomputed(torch.autograd.Function):
 
     Autograd would save act's input for act's backward and act's output for the linear's: two hidden-width
     tensors per MLP, its largest activations. Recomputing the activation (one pointwise pass) frees one of
-    them: mvitv2_s's training peak at 16x224 went from 1548 to 1442 MB (torchvision 1855). The gradients are the linear's own
-    (dW = g^T a, db = sum g, da = g W) and act's, in the forward's dtype (under autocast the activations').
+    them: mvitv2_s's training peak at 16x224 went from 1548 to 1442 MB (torchvision 1855). The gradients are
+    the linear's own (dW = g^T a, db = sum g, da = g W) and act's, in the forward's dtype (under autocast the
+    activations').
     """
 
     @staticmethod
