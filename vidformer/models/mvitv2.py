@@ -156,8 +156,10 @@ def rel_pos_bias(q: torch.Tensor, q_grid: Grid, k_grid: Grid, rel_pos_h: torch.T
 # pooling inputs (elements) from which training pools per temporal tap: measured on CPU (bench), a single
 # conv3d's backward wins below about this size and loses several times over at mvitv2_s's first stages
 _PER_TAP_MIN_NUMEL = 500_000
-# and below which training pools with heads in the batch axis
-_PER_HEAD_MAX_NUMEL = 20_000
+# and below which training pools with heads in the batch axis (AVX-512, mvitv2_s training against torchvision:
+# 4x64 clips, 49 k elements in the first stage, 0.91x at 20 k and 0.99x with every grid per head; per head at
+# 8x224's 150-300 k lost 1.27x -> 1.04x)
+_PER_HEAD_MAX_NUMEL = 64_000
 # tokens (batch x length) from which q, k, v come from three projections instead of one qkv matmul
 _SPLIT_QKV_MIN_TOKENS = 1_000
 
