@@ -139,7 +139,7 @@ class DropPath(nn.Module):
             return x
         keep = 1.0 - self.p
         mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
+        return x * mask.div_(keep)  # one pass over x (the mask is one value per sample)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
