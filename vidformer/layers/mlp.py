@@ -68,13 +68,19 @@ class _ActivationRecomputed(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         hidden, weight = ctx.saved_tensors
-        with torch.enable_grad():
-            leaf = hidden.detach().requires_grad_()
-            activated = ctx.act(leaf)
+        act = ctx.act
+        grad_activated = grad @ weight.to(grad.dtype)
+        if isinstance(act, nn.GELU):  # every family's MLP: GELU's own backward, no nested autograd call
+            activated = F.gelu(hidden, approximate=act.approximate)
+            grad_hidden = torch.ops.aten.gelu_backward(grad_activated, hidden, approximate=act.approximate)
+        else:
+            with torch.enable_grad():
+                leaf = hidden.detach().requires_grad_()
+                activated = act(leaf)
+            grad_hidden, = torch.autograd.grad(activated, leaf, grad_activated)
         rows = grad.reshape(-1, grad.shape[-1])
         grad_weight = rows.t() @ activated.detach().reshape(-1, activated.shape[-1]).to(rows.dtype)
         grad_bias = rows.sum(0) if ctx.has_bias else None
-        grad_hidden, = torch.autograd.grad(activated, leaf, grad @ weight.to(grad.dtype))
         return grad_hidden, grad_weight, grad_bias, None
 
 
