@@ -100,14 +100,16 @@ _AUG_WIDTH_MULTIPLE = 16
 
 @torch.library.impl("vidformer::factored_bias_attention", "CompositeImplicitAutograd")
 def _factored_bias_attention(q, k, v, q_terms, key_terms):
-    # [q * scale | q_terms | 0] . [k | key_terms | 0]^T = scale q.k + bias; v is zero-padded to the same width
-    # (the fused kernels take one head width for q, k and v)
+    # [q | q_terms | 0] . [k * scale | key_terms | 0]^T = scale q.k + bias; v is zero-padded to the same width
+    # (the fused kernels take one head width for q, k and v). The scale goes on the keys: after KV pooling
+    # they are up to 64x fewer than the queries
     b, heads, nq, d = q.shape
     extra = key_terms.shape[-1]
     pad = -(d + extra) % _AUG_WIDTH_MULTIPLE
     zero = q.new_zeros(())
-    q_aug = torch.cat([q * d ** -0.5, q_terms, zero.expand(b, heads, nq, pad)], dim=-1)  # (B, heads, Nq, width)
-    k_aug = torch.cat([k, key_terms.expand(b, heads, -1, -1), zero.expand(b, heads, k.shape[2], pad)], dim=-1)
+    q_aug = torch.cat([q, q_terms, zero.expand(b, heads, nq, pad)], dim=-1)  # (B, heads, Nq, width)
+    k_aug = torch.cat([k * d ** -0.5, key_terms.expand(b, heads, -1, -1), zero.expand(b, heads, k.shape[2], pad)],
+                      dim=-1)
     out = attention(q_aug, k_aug, F.pad(v, (0, extra + pad)), scale=1.0)
     return out[..., :d]
 
