@@ -90,13 +90,13 @@ class SpaceTimeConv(nn.Module):
         # a clip length that is not a plain int (a tensor while jit-tracing, a SymInt left dynamic by torch.export)
         # takes the conv3d: the same arithmetic, and no branch on it is recorded as a constant or a guard
         frames = x.shape[2]
+        if self._is_pointwise() and x.is_contiguous(memory_format=torch.channels_last_3d):
+            # channels-last: a 1x1x1 conv is a Linear on the (B, T, H, W, C) view, one GEMM with no layout copies
+            return F.linear(x.movedim(1, -1), self.weight.flatten(1), self.bias).movedim(-1, 1)
         if self.weight.ndim == 4 and self.padding[0] == 0 and isinstance(frames, int) and frames == 1:
             return F.conv2d(x.squeeze(2), self.weight, self.bias, self.stride[1:], self.padding[1:], 1,
                             self.groups).unsqueeze(2)
         weight = self.weight if self.weight.ndim == 5 else self.weight.unsqueeze(2)
-        if self._is_pointwise() and x.is_contiguous(memory_format=torch.channels_last_3d):
-            # channels-last: a 1x1x1 conv is a Linear on the (B, T, H, W, C) view, one GEMM with no layout copies
-            return F.linear(x.movedim(1, -1), weight.flatten(1), self.bias).movedim(-1, 1)
         if self._cpu_depthwise_backward_pays(x):
             return _CPUDepthwiseConv3d.apply(x, weight, self.bias, self.padding)
         return F.conv3d(x, weight, self.bias, self.stride, self.padding, 1, self.groups)
