@@ -256,6 +256,43 @@ def test_every_training_path_of_the_attention_gives_the_same_values_and_gradient
             assert (ref - out).abs().max() <= 1e-5 * max(ref.abs().max().item(), 1.0)
 
 
+
+@pytest.mark.parametrize("per_tap_min", [0, 10 ** 9])  # one conv2d per temporal tap / one conv3d
+def test_cpu_bf16_training_pools_in_float32_with_the_float32_values(monkeypatch, per_tap_min):
+    """torch's CPU backward of a bf16 depthwise conv is 5-25x slower than fp32's: under CPU autocast the pooling
+    convs of a training step run in float32, forward and backward, and the block still returns bf16."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from vidformer.models.mvitv2 import BlockCfg, MultiScaleAttention
+
+    class ConvDtypes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.__name__.startswith("convolution"):
+                self.seen.add((func.__name__.split(".")[0], args[0].dtype))
+            return func(*args, **(kwargs or {}))
+
+    monkeypatch.setattr(mvitv2, "_PER_HEAD_MAX_NUMEL", 0)
+    monkeypatch.setattr(mvitv2, "_PER_TAP_MIN_NUMEL", per_tap_min)
+    torch.manual_seed(0)
+    grid = (4, 6, 6)
+    attn = MultiScaleAttention(BlockCfg(16, 16, 16, 2, (3, 3, 3), (1, 2, 2), (1, 2, 2), grid, 0.0))
+    x = torch.randn(2, 1 + math.prod(grid), 16, requires_grad=True)
+    ref, _ = attn(x, grid)
+    ref_grad, = torch.autograd.grad(ref.square().sum(), x)
+    mode = ConvDtypes()
+    with mode, torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = attn(x, grid)
+        grad, = torch.autograd.grad(out.float().square().sum(), x)
+    assert out.dtype == torch.bfloat16 and mode.seen
+    assert {dtype for _, dtype in mode.seen} == {torch.float32}, mode.seen  # forward and backward convolutions
+    assert {name for name, _ in mode.seen} == {"convolution", "convolution_backward"}
+    assert (out.float() - ref).abs().max() <= 0.05 * ref.abs().max()
+    assert (grad - ref_grad).abs().max() <= 0.05 * ref_grad.abs().max()
+
 def test_size_constants_are_built_once_in_eager_and_equal_a_fresh_build():
     tokens._SIZE_CONSTANTS.clear()
     model = create_model("mvitv2_s", num_classes=3, num_frames=4, img_size=32, depths=(1, 1), embed_dim=16).eval()

@@ -203,14 +203,31 @@ class MultiScaleAttention(nn.Module):
         CPU backward of a depthwise conv3d is several times slower than conv2d's there. Training on small
         grids runs one conv3d with heads in the batch axis (a contiguous copy), whose backward is the fast
         one at those sizes. Elsewhere (no gradient, or mid-size grids) it is one channels-last conv3d.
+        CPU training in bf16/fp16 (autocast) pools in float32: torch's CPU backward of a low-precision depthwise
+        conv is 5-25x slower than float32's at these sizes.
         """
         b, _, n, d = z.shape
-        p, c = self.num_prefix, n * d
-        t, h, w = grid
+        p = self.num_prefix
         prefix, rest = split_prefix(z, p)
-        frames = rest.reshape(b, t, h, w, c)
+        frames = rest.reshape(b, *grid, n * d)
         weight = conv.weight if conv.weight.ndim == 5 else conv.weight.unsqueeze(2)  # (d, 1, kt, kh, kw)
         training = torch.is_grad_enabled() and z.requires_grad
+        if training and z.device.type == "cpu" and z.dtype != torch.float32:
+            with torch.autocast("cpu", enabled=False):
+                out, new_grid = self._conv(frames.float(), conv, weight.float(), n, training)
+            out = out.to(z.dtype)
+        else:
+            out, new_grid = self._conv(frames, conv, weight, n, training)
+        if p:
+            out = torch.cat([prefix, out], dim=1)
+        return norm(out), new_grid
+
+    @classmethod
+    def _conv(cls, frames: torch.Tensor, conv: SpaceTimeConv, weight: torch.Tensor, n: int,
+              training: bool) -> tuple[torch.Tensor, Grid]:
+        """(B, T, H, W, heads * d) channels-last frames -> (B, N', heads, d) and the pooled grid (see _pool)."""
+        b, t, h, w, c = frames.shape
+        d = c // n
         if training and frames.numel() < _PER_HEAD_MAX_NUMEL:
             # small grids: one contiguous (B * heads, d, T, H, W) conv, whose backward is the fast one there
             heads_first = frames.reshape(b, t, h, w, n, d).permute(0, 4, 5, 1, 2, 3).reshape(b * n, d, t, h, w)
@@ -219,15 +236,13 @@ class MultiScaleAttention(nn.Module):
             out = out.reshape(b, n, d, -1).permute(0, 3, 1, 2)  # (B, N', heads, d)
         else:
             if training and frames.numel() >= _PER_TAP_MIN_NUMEL:
-                out = self._conv_per_tap(frames, conv, weight, n)
+                out = cls._conv_per_tap(frames, conv, weight, n)
             else:
                 out = F.conv3d(frames.permute(0, 4, 1, 2, 3), weight.repeat(n, 1, 1, 1, 1), None, conv.stride,
                                conv.padding, 1, c).transpose(1, 2)  # (B, T', C, H', W'), channels-last
             new_grid = (out.shape[1], *out.shape[3:])
             out = out.permute(0, 1, 3, 4, 2).reshape(b, -1, n, d)  # (B, N', heads, d)
-        if p:
-            out = torch.cat([prefix, out], dim=1)
-        return norm(out), new_grid
+        return out, new_grid
 
     @staticmethod
     def _conv_per_tap(frames: torch.Tensor, conv: SpaceTimeConv, weight: torch.Tensor, n: int) -> torch.Tensor:
