@@ -29,50 +29,6 @@ def attention_in_fp32(enabled: bool = True):
         _FP32.reset(token)
 
 
-class _FlashAttentionMatmulBackward(torch.autograd.Function):
-    """Fused CPU flash attention forward; backward from the saved log-sum-exp through batched matmuls.
-
-    torch's CPU flash backward splits work over batch x heads only, so with one clip and one head (the
-    first MViTv2 stage: 25k queries) it runs on a single thread. Recomputing the probabilities
-    P = exp(QK^T * scale - lse) and taking dV = P^T dO, dS = P (dO V^T - rowsum(dO O)), dQ = dS K,
-    dK = dS^T Q as matmuls uses every thread; P lives only during this block's backward.
-    """
-
-    @staticmethod
-    def forward(ctx, q, k, v, scale):
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, scale=scale)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.scale = scale
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        q, k, v, out, lse = ctx.saved_tensors
-        scale = ctx.scale
-        p = (q @ k.transpose(-2, -1)).float().mul_(scale).sub_(lse.unsqueeze(-1)).exp_()  # (B, heads, Nq, Nk)
-        delta = (dout.float() * out.float()).sum(-1, keepdim=True)
-        ds = (dout @ v.transpose(-2, -1)).float().sub_(delta).mul_(p).mul_(scale).to(q.dtype)
-        dv = p.to(v.dtype).transpose(-2, -1) @ dout
-        return ds @ k, ds.transpose(-2, -1) @ q, dv, None
-
-
-def _matmul_backward_pays(q: torch.Tensor, bias) -> bool:
-    """Eager CPU training of fewer (batch x heads) than threads, where torch's flash backward idles threads.
-
-    Under torch.compile the compiler owns the backward, so the plain op is traced instead.
-    """
-    return (not torch.compiler.is_compiling() and bias is None and q.device.type == "cpu"
-            and torch.is_grad_enabled() and q.requires_grad and q.shape[0] * q.shape[1] < torch.get_num_threads())
-
-
-def _sdpa(q, k, v, bias, scale):
-    if _matmul_backward_pays(q, bias):
-        if scale is None:
-            scale = q.shape[-1] ** -0.5
-        return _FlashAttentionMatmulBackward.apply(q, k, v, scale)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
-
-
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,
               scale: float | None = None) -> torch.Tensor:
     """softmax(q k^T * scale + bias) v for q (B, heads, Nq, d), k/v (B, heads, Nk, d).
@@ -82,11 +38,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     if _FP32.get() and q.dtype != torch.float32:
         dtype = q.dtype
         with torch.autocast(device_type=q.device.type, enabled=False):
-            out = _sdpa(q.float(), k.float(), v.float(), None if bias is None else bias.float(), scale)
+            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(),
+                                                 attn_mask=None if bias is None else bias.float(), scale=scale)
         return out.to(dtype)
     if bias is not None and bias.dtype != q.dtype:
         bias = bias.to(q.dtype)
-    return _sdpa(q, k, v, bias, scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
 
 
 torch.library.define("vidformer::factored_bias_attention",
