@@ -212,7 +212,7 @@ class MultiScaleAttention(nn.Module):
         frames = rest.reshape(b, *grid, n * d)
         weight = conv.weight if conv.weight.ndim == 5 else conv.weight.unsqueeze(2)  # (d, 1, kt, kh, kw)
         training = torch.is_grad_enabled() and z.requires_grad
-        if training and z.device.type == "cpu" and z.dtype != torch.float32:
+        if training and z.device.type == "cpu" and z.dtype in (torch.bfloat16, torch.float16):
             with torch.autocast("cpu", enabled=False):
                 out, new_grid = self._conv(frames.float(), conv, weight.float(), n, training)
             out = out.to(z.dtype)
