@@ -256,3 +256,27 @@ def test_grad_checkpointing_gives_the_same_gradients():
         model(x).sum().backward()
         grads.append([p.grad.clone() for p in model.parameters()])
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_sample_variance_equals_torch_var_in_value_and_gradient(channels_last):
+    """The pooling branch's per-sample variance (mean, then one batched dot of the centred sample) is torch.var's,
+    also with a large mean, and stays float32 under bf16 autocast as torch.var does."""
+    from vidformer.models.poolformer import _SampleVariance
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 8, 2, 5, 6, dtype=torch.float64) * 3 + 100
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    x.requires_grad_()
+    assert torch.autograd.gradcheck(_SampleVariance.apply, (x,))
+    ref = torch.var(x, (1, 2, 3, 4), correction=0, keepdim=True)
+    grad = torch.randn_like(ref)
+    torch.testing.assert_close(_SampleVariance.apply(x), ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(torch.autograd.grad(_SampleVariance.apply(x), x, grad)[0],
+                               torch.autograd.grad(ref, x, grad)[0], rtol=1e-10, atol=1e-12)
+    low = x.detach().float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        variance = _SampleVariance.apply(low)
+    assert variance.dtype == torch.float32
+    torch.testing.assert_close(variance, ref.float(), rtol=1e-5, atol=0)
