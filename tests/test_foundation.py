@@ -321,3 +321,24 @@ def test_training_mlp_recomputes_its_activation_with_the_same_values_and_gradien
     mlp.drop.p = 0.5  # dropout between act and fc2: the plain path, whose mask autograd keeps
     _, _, dropped = run(mlp, x)
     assert dropped.count(hidden) >= 2
+
+
+def test_training_conv_mlp_on_a_channels_last_grid_recomputes_its_activation():
+    """UniFormer's CBlock MLP: as Mlp, the GELU's output is not kept for backward; values and gradients as before."""
+    torch.manual_seed(0)
+    mlp = ConvMlp(8, 32).train()
+    x = torch.randn(2, 8, 3, 5, 4).contiguous(memory_format=torch.channels_last_3d).requires_grad_()
+
+    def run(fn):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            out = fn(x)
+        return out, torch.autograd.grad(out.square().sum(), [x, *mlp.parameters()]), saved
+
+    out, grads, saved = run(mlp)
+    ref, ref_grads, ref_saved = run(lambda t: mlp.fc2(mlp.act(mlp.fc1(t))))
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+    for mine, theirs in zip(grads, ref_grads):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+    hidden = 2 * 32 * 3 * 5 * 4
+    assert ref_saved.count(hidden) >= 2 and saved.count(hidden) == 1
