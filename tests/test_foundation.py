@@ -289,7 +289,6 @@ def test_eval_conv_mlp_on_a_channels_last_grid_runs_in_pieces_with_the_same_valu
     torch.testing.assert_close(out, plain, rtol=0, atol=1e-6)
 
 
-
 @pytest.mark.parametrize("act", [nn.GELU, nn.SiLU])
 def test_training_mlp_recomputes_its_activation_with_the_same_values_and_gradients(act):
     """fc2 keeps the activation's input only; values and gradients are autograd's, fp32 and under bf16 autocast."""

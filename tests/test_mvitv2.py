@@ -256,7 +256,6 @@ def test_every_training_path_of_the_attention_gives_the_same_values_and_gradient
             assert (ref - out).abs().max() <= 1e-5 * max(ref.abs().max().item(), 1.0)
 
 
-
 @pytest.mark.parametrize("per_tap_min", [0, 10 ** 9])  # one conv2d per temporal tap / one conv3d
 def test_cpu_bf16_training_pools_in_float32_with_the_float32_values(monkeypatch, per_tap_min):
     """torch's CPU backward of a bf16 depthwise conv is 5-25x slower than fp32's: under CPU autocast the pooling
@@ -292,6 +291,7 @@ def test_cpu_bf16_training_pools_in_float32_with_the_float32_values(monkeypatch,
     assert {name for name, _ in mode.seen} == {"convolution", "convolution_backward"}
     assert (out.float() - ref).abs().max() <= 0.05 * ref.abs().max()
     assert (grad - ref_grad).abs().max() <= 0.05 * ref_grad.abs().max()
+
 
 def test_size_constants_are_built_once_in_eager_and_equal_a_fresh_build():
     tokens._SIZE_CONSTANTS.clear()

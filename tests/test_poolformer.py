@@ -209,6 +209,10 @@ def test_fused_model_gives_the_same_logits(num_frames, mixers):
         ref = model.eval()(x)
         fused = fuse_for_inference(model)
         _assert_close_logits(fused(x), ref)
+    with_grad = fused(x.requires_grad_())  # eval with gradients (a saliency map, torch.jit.trace): the same
+    _assert_close_logits(with_grad.detach(), ref)
+    with_grad.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
     keys = fused.state_dict().keys()
     assert not any(".norm2." in k or "layer_scale2" in k for k in keys)
     assert any(".norm1." in k for k in keys) == (mixers == "hybrid")  # attention blocks keep norm1

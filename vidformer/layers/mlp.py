@@ -43,9 +43,10 @@ class Mlp(nn.Module):
 
 def _recompute_activation(mlp: nn.Module, hidden: torch.Tensor) -> bool:
     """Eager training without dropout: fc2 then saves the activation's input only (see _ActivationRecomputed).
-    Under torch.compile the partitioner makes that choice itself (it recomputes pointwise ops)."""
+    Eval with gradients (a trace, a saliency map, a fused model whose residual is added in place) keeps the
+    plain path; under torch.compile the partitioner makes that choice itself (it recomputes pointwise ops)."""
     drop = getattr(mlp, "drop", None)
-    return (hidden.requires_grad and torch.is_grad_enabled() and not (mlp.training and drop is not None and drop.p > 0)
+    return (mlp.training and hidden.requires_grad and torch.is_grad_enabled() and not (drop is not None and drop.p > 0)
             and not torch.compiler.is_compiling())
 
 
