@@ -1,9 +1,11 @@
 """MViTv2: rel-pos bias against the explicit formula, parity with torchvision and timm, inflation, geometry."""
 
+import itertools
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from vidformer.layers import attention, tokens
 from vidformer.models import mvitv2
@@ -227,10 +229,35 @@ def test_published_params_and_flops(name, num_frames, params_m, gflops):
     assert report.gflops == pytest.approx(gflops, rel=0.02)
 
 
-@pytest.mark.parametrize("stride_q, stride_kv", [((1, 1, 1), (1, 2, 2)), ((2, 2, 2), (1, 4, 4))])
+def test_kv_pooling_over_the_rows_it_reads_equals_pooling_over_all():
+    # where stride >= kernel, K and V are projected only at the rows the pooling windows read, then pooled at
+    # stride = kernel (MultiScaleAttention._kv_input): the same windows, for every size, kernel and padding
+    from vidformer.models.mvitv2 import _read_rows
+
+    torch.manual_seed(0)
+    gathered = 0
+    for n, kernel, stride in itertools.product(range(1, 20), (1, 2, 3, 5), range(1, 10)):
+        for padding in range(kernel):
+            if n + 2 * padding < kernel:
+                continue
+            x, w = torch.randn(1, 1, n), torch.randn(1, 1, kernel)
+            rows = _read_rows(n, kernel, stride, padding)
+            if rows is None:  # overlapping windows, or every row read
+                continue
+            gathered += 1
+            ref = F.conv1d(x, w, None, stride, padding)
+            out = F.conv1d(x[..., rows], w, None, kernel, padding)
+            assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-6), (n, kernel, stride, padding)
+    assert gathered > 500
+    # mvitv2_s's first two stages at 16x224: a 56-wide axis pooled at stride 8 reads 20 rows, at 4 reads 41
+    assert len(_read_rows(56, 3, 8, 1)) == 20 and len(_read_rows(56, 3, 4, 1)) == 41 and _read_rows(28, 3, 2, 1) is None
+
+
+@pytest.mark.parametrize("stride_q, stride_kv", [((1, 1, 1), (1, 2, 2)), ((2, 2, 2), (1, 4, 4)), ((1, 1, 1), (4, 8, 8))])
 def test_every_training_path_of_the_attention_gives_the_same_values_and_gradients(monkeypatch, stride_q, stride_kv):
     # the pooling conv (heads in the batch axis / channels-last conv3d / one conv2d per temporal tap) and the
-    # q, k, v projections (one matmul / three) are chosen by size; each choice must be the same function
+    # q, k, v projections (one matmul / three, then K and V from the rows a strided pooling reads) are chosen by
+    # size; each choice must be the same function
     from vidformer.models import mvitv2
     from vidformer.models.mvitv2 import BlockCfg, MultiScaleAttention
 
