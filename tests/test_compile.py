@@ -69,8 +69,12 @@ def _compiled_matches_eager(name: str, backend: str, train: bool = True) -> None
     (eager_out, eager_grads), (comp_out, comp_grads) = grads
     _assert_close_rel(comp_out, eager_out, 1e-4)
     assert len(comp_grads) == len(eager_grads) > 0
+    # rounding follows the size of the terms summed, not of the sum: a near-cancelling gradient (a bias whose
+    # entries all lie under 1e-3) is held to the scale of the step's gradients
+    scale = max(g.abs().max().item() for g in eager_grads)
     for g_comp, g_eager in zip(comp_grads, eager_grads):
-        torch.testing.assert_close(g_comp, g_eager, atol=1e-5 * max(g_eager.abs().max().item(), 1e-3), rtol=1e-3)
+        torch.testing.assert_close(g_comp, g_eager, atol=1e-5 * max(g_eager.abs().max().item(), 1e-2 * scale),
+                                   rtol=1e-3)
 
 
 @pytest.mark.slow
