@@ -106,8 +106,13 @@ def test_bad_options_name_what_is_allowed():
 
 
 def test_quick_gelu_and_attention_scale_are_the_official_quirks():
-    x = torch.linspace(-3, 3, 7)
+    x = torch.linspace(-3, 3, 7, dtype=torch.float64)
     assert torch.allclose(QuickGELU()(x), x * torch.sigmoid(1.702 * x))
+    # its value and gradient from the input (the shared Mlp's training path) against autograd's
+    grad = torch.linspace(1, 2, 7, dtype=torch.float64)
+    ref_grad, = torch.autograd.grad(QuickGELU()(x.requires_grad_()), x, grad)
+    value, x_grad = QuickGELU.value_and_grad(x.detach(), grad)
+    assert torch.allclose(value, x * torch.sigmoid(1.702 * x)) and torch.allclose(x_grad, ref_grad)
     attn = tiny(1).stages[2].blocks[0].attn
     assert attn.scale == pytest.approx(32 ** -0.5)  # full width C=32, not head width 16
     attn.set_scale("head_dim")

@@ -289,9 +289,12 @@ def test_eval_conv_mlp_on_a_channels_last_grid_runs_in_pieces_with_the_same_valu
     torch.testing.assert_close(out, plain, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("act", [nn.GELU, nn.SiLU])
+@pytest.mark.parametrize("act", [nn.GELU, nn.SiLU, "quick_gelu"])
 def test_training_mlp_recomputes_its_activation_with_the_same_values_and_gradients(act):
-    """fc2 keeps the activation's input only; values and gradients are autograd's, fp32 and under bf16 autocast."""
+    """fc2 keeps the activation's input only; values and gradients are autograd's, fp32 and under bf16 autocast
+    (GELU's own backward op, CvT's QuickGELU through its value_and_grad, any other through autograd)."""
+    if act == "quick_gelu":
+        from vidformer.models.cvt import QuickGELU as act
     torch.manual_seed(0)
     mlp = Mlp(8, 32, 12, act_layer=act).train()
     x = torch.randn(2, 37, 8, requires_grad=True)

@@ -76,6 +76,8 @@ class _ActivationRecomputed(torch.autograd.Function):
         if isinstance(act, nn.GELU):  # every family's MLP: GELU's own backward, no nested autograd call
             activated = F.gelu(hidden, approximate=act.approximate)
             grad_hidden = torch.ops.aten.gelu_backward(grad_activated, hidden, approximate=act.approximate)
+        elif hasattr(act, "value_and_grad"):  # an activation that states its own (CvT's QuickGELU)
+            activated, grad_hidden = act.value_and_grad(hidden, grad_activated)
         else:
             with torch.enable_grad():
                 leaf = hidden.detach().requires_grad_()
