@@ -179,14 +179,18 @@ class ConvAttention(nn.Module):
         q, _ = self.conv_proj_q(grid)
         k, kv_thw = self.conv_proj_k(grid)
         v, _ = self.conv_proj_v(grid)
+        q, k, v = self.proj_q(q), self.proj_k(k), self.proj_v(v)
         bias = None
         if has_cls:
-            q, k, v = (torch.cat((cls, t), dim=1) for t in (q, k, v))
+            # the cls row joins after the linear projections (row-wise, so the same values): each token map's
+            # gradient then comes dense from its linear, where a slice of the cat's gradient (a gap per clip) sent
+            # BatchNorm's CPU backward down a path ~4x slower (cvt_13's stage 3)
+            q, k, v = (torch.cat((proj(cls), t), dim=1) for proj, t in ((self.proj_q, q), (self.proj_k, k),
+                                                                         (self.proj_v, v)))
             if self.cls_frame_bias and kv_thw[0] > 1:
                 bias = k.new_zeros(1, 1, 1, k.shape[1])
                 bias[..., 0] = math.log(kv_thw[0])
-        out = attention(self._heads(self.proj_q(q)), self._heads(self.proj_k(k)), self._heads(self.proj_v(v)),
-                        bias=bias, scale=self.scale)
+        out = attention(self._heads(q), self._heads(k), self._heads(v), bias=bias, scale=self.scale)
         return self.proj(out.transpose(1, 2).flatten(2))  # (B, [1 +] T*H*W, C)
 
 
