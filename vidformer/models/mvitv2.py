@@ -176,12 +176,10 @@ def rel_pos_bias(q: torch.Tensor, q_grid: Grid, k_grid: Grid, rel_pos_h: torch.T
     return F.pad(grid.flatten(3), (p, 0))  # prefix keys get no bias
 
 
-# pooling inputs (elements) from which training pools per temporal tap: measured on CPU (bench), a single
-# conv3d's backward wins below about this size and loses several times over at mvitv2_s's first stages
-_PER_TAP_MIN_NUMEL = 500_000
-# and below which training pools with heads in the batch axis (AVX-512, mvitv2_s training against torchvision:
-# 4x64 clips, 49 k elements in the first stage, 0.91x at 20 k and 0.99x with every grid per head; per head at
-# 8x224's 150-300 k lost 1.27x -> 1.04x)
+# pooling inputs (elements) below which CPU training pools with heads in the batch axis, and from which it pools
+# with one conv2d per temporal tap. Measured forward + backward on AVX-512: per tap beats one channels-last conv3d
+# from about 75 k elements on (2-4x at 100 k-2.4 M; an AMD AVX2 machine earlier put that crossing at 500 k) and
+# per head wins below about 50 k (mvitv2_s training at 4x64: 0.91x torchvision at a 20 k threshold, 0.99x at 64 k)
 _PER_HEAD_MAX_NUMEL = 64_000
 # tokens (batch x length) from which q, k, v come from three projections instead of one qkv matmul
 _SPLIT_QKV_MIN_TOKENS = 1_000
@@ -224,11 +222,10 @@ class MultiScaleAttention(nn.Module):
         `stride` replaces the conv's for a grid of gathered rows (see _kv_input).
 
         Heads go into the channel axis with the shared kernel repeated per head, so the grid is read in
-        place as channels-last frames. Training on large grids runs the depthwise 3-D conv as one 2-D
-        depthwise conv per temporal tap, summed over the shifted frames: the same arithmetic, but torch's
-        CPU backward of a depthwise conv3d is several times slower than conv2d's there. Training on small
-        grids runs one conv3d with heads in the batch axis (a contiguous copy), whose backward is the fast
-        one at those sizes. Elsewhere (no gradient, or mid-size grids) it is one channels-last conv3d.
+        place as channels-last frames, through one channels-last conv3d. CPU training, whose depthwise conv3d
+        backward is several times slower than conv2d's, runs it instead as one 2-D depthwise conv per temporal
+        tap, summed over the shifted frames (the same arithmetic), or on small grids as one conv3d with heads in
+        the batch axis (a contiguous copy), whose backward is the fast one there (see _PER_HEAD_MAX_NUMEL).
         CPU training in bf16/fp16 (autocast) pools in float32: torch's CPU backward of a low-precision depthwise
         conv is 5-25x slower than float32's at these sizes.
         """
@@ -237,32 +234,32 @@ class MultiScaleAttention(nn.Module):
         prefix, rest = split_prefix(z, p)
         frames = rest.reshape(b, *grid, n * d)
         weight = conv.weight if conv.weight.ndim == 5 else conv.weight.unsqueeze(2)  # (d, 1, kt, kh, kw)
-        training = torch.is_grad_enabled() and z.requires_grad
-        if training and z.device.type == "cpu" and z.dtype in (torch.bfloat16, torch.float16):
+        cpu_training = torch.is_grad_enabled() and z.requires_grad and z.device.type == "cpu"
+        if cpu_training and z.dtype in (torch.bfloat16, torch.float16):
             with torch.autocast("cpu", enabled=False):
-                out, new_grid = self._conv(frames.float(), conv, weight.float(), n, training, stride)
+                out, new_grid = self._conv(frames.float(), conv, weight.float(), n, cpu_training, stride)
             out = out.to(z.dtype)
         else:
-            out, new_grid = self._conv(frames, conv, weight, n, training, stride)
+            out, new_grid = self._conv(frames, conv, weight, n, cpu_training, stride)
         if p:
             out = torch.cat([prefix, out], dim=1)
         return norm(out), new_grid
 
     @classmethod
-    def _conv(cls, frames: torch.Tensor, conv: SpaceTimeConv, weight: torch.Tensor, n: int, training: bool,
+    def _conv(cls, frames: torch.Tensor, conv: SpaceTimeConv, weight: torch.Tensor, n: int, cpu_training: bool,
               stride: Grid | None = None) -> tuple[torch.Tensor, Grid]:
         """(B, T, H, W, heads * d) channels-last frames -> (B, N', heads, d) and the pooled grid (see _pool)."""
         b, t, h, w, c = frames.shape
         d = c // n
         stride = stride or conv.stride
-        if training and frames.numel() < _PER_HEAD_MAX_NUMEL:
+        if cpu_training and frames.numel() < _PER_HEAD_MAX_NUMEL:
             # small grids: one contiguous (B * heads, d, T, H, W) conv, whose backward is the fast one there
             heads_first = frames.reshape(b, t, h, w, n, d).permute(0, 4, 5, 1, 2, 3).reshape(b * n, d, t, h, w)
             out = F.conv3d(heads_first, weight, None, stride, conv.padding, 1, d)
             new_grid = tuple(out.shape[2:])
             out = out.reshape(b, n, d, -1).permute(0, 3, 1, 2)  # (B, N', heads, d)
         else:
-            if training and frames.numel() >= _PER_TAP_MIN_NUMEL:
+            if cpu_training:
                 out = cls._conv_per_tap(frames, conv, weight, n, stride)
             else:
                 out = F.conv3d(frames.permute(0, 4, 1, 2, 3), weight.repeat(n, 1, 1, 1, 1), None, stride,
