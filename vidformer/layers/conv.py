@@ -65,6 +65,16 @@ class _CPUDepthwiseConv3d(torch.autograd.Function):
         return dx, dw, db, None
 
 
+def depthwise_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding) -> torch.Tensor:
+    """F.conv3d with one filter per channel (weight (C, 1, kt, kh, kw)). CPU training at stride 1, with padding
+    inside the kernel's reach, takes its gradients as two more forward convolutions (_CPUDepthwiseConv3d)."""
+    stride, padding = triple(stride), triple(padding)
+    if (x.device.type == "cpu" and torch.is_grad_enabled() and stride == (1, 1, 1)
+            and all(p < k for p, k in zip(padding, weight.shape[2:]))):
+        return _CPUDepthwiseConv3d.apply(x, weight, bias, padding)
+    return F.conv3d(x, weight, bias, stride, padding, 1, weight.shape[0])
+
+
 class SpaceTimeConv(nn.Module):
     """Conv3d on (B, C, T, H, W); weight (out, in/groups, kh, kw) if the temporal kernel is 1."""
 
@@ -97,19 +107,13 @@ class SpaceTimeConv(nn.Module):
             return F.conv2d(x.squeeze(2), self.weight, self.bias, self.stride[1:], self.padding[1:], 1,
                             self.groups).unsqueeze(2)
         weight = self.weight if self.weight.ndim == 5 else self.weight.unsqueeze(2)
-        if self._cpu_depthwise_backward_pays(x):
-            return _CPUDepthwiseConv3d.apply(x, weight, self.bias, self.padding)
+        if self.groups == self.in_channels == self.out_channels:
+            return depthwise_conv3d(x, weight, self.bias, self.stride, self.padding)
         return F.conv3d(x, weight, self.bias, self.stride, self.padding, 1, self.groups)
 
     def _is_pointwise(self) -> bool:
         return (self.kernel_size == (1, 1, 1) and self.stride == (1, 1, 1) and self.padding == (0, 0, 0)
                 and self.groups == 1)
-
-    def _cpu_depthwise_backward_pays(self, x: torch.Tensor) -> bool:
-        """CPU training through a stride-1 depthwise conv whose padding is at most the kernel's reach."""
-        return (self.groups == self.in_channels == self.out_channels and self.stride == (1, 1, 1)
-                and x.device.type == "cpu" and torch.is_grad_enabled()
-                and all(p < k for p, k in zip(self.padding, self.kernel_size)))
 
     def output_size(self, thw: tuple[int, int, int]) -> tuple[int, int, int]:
         """Grid size after this conv for an input grid (T, H, W)."""

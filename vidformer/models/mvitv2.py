@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vidformer.layers import (CubePatchEmbed, DropPath, Mlp, SpaceTimeConv, as_video, drop_path_rates,
+from vidformer.layers import (CubePatchEmbed, DropPath, Mlp, SpaceTimeConv, as_video, depthwise_conv3d, drop_path_rates,
                               factored_bias_attention, size_constant, to_grid, triple)
 from vidformer.models.base import CheckpointLayout, PretrainedCfg, VideoModel, check_output_fmt, stage_indices
 from vidformer.models.registry import register_model
@@ -253,9 +253,10 @@ class MultiScaleAttention(nn.Module):
         d = c // n
         stride = stride or conv.stride
         if cpu_training and frames.numel() < _PER_HEAD_MAX_NUMEL:
-            # small grids: one contiguous (B * heads, d, T, H, W) conv, whose backward is the fast one there
+            # small grids: one contiguous (B * heads, d, T, H, W) conv, whose backward is the fast one there (at
+            # stride 1 as two more forward convs, see depthwise_conv3d)
             heads_first = frames.reshape(b, t, h, w, n, d).permute(0, 4, 5, 1, 2, 3).reshape(b * n, d, t, h, w)
-            out = F.conv3d(heads_first, weight, None, stride, conv.padding, 1, d)
+            out = depthwise_conv3d(heads_first, weight, None, stride, conv.padding)
             new_grid = tuple(out.shape[2:])
             out = out.reshape(b, n, d, -1).permute(0, 3, 1, 2)  # (B, N', heads, d)
         else:
