@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vidformer.engine.adaptive import (adaptive_views, budget_curve, collect_exit_probs, early_exit_evaluate,
@@ -259,7 +260,9 @@ def test_reuse_resizes_by_matrix_equal_the_upsample_and_pooling(up_grid, grid):
 
     relation = dvt.RelationReuse(3).eval()
     logits = [torch.randn(2, 1, 1 + n_up, 1 + n_up) for _ in range(3)]
-    rel = relation.fc2(relation.act(relation.fc1(torch.cat(logits, dim=1))))
+    # the MLP as the official code runs it: 1x1 Conv2d's over the (B, L*h, 1 + N_up, 1 + N_up) logits
+    hidden = relation.act(F.conv2d(torch.cat(logits, dim=1), relation.fc1.weight, relation.fc1.bias))
+    rel = F.conv2d(hidden, relation.fc2.weight, relation.fc2.bias)
     keys = torch.cat([rel[..., :1], dvt.area_resize(rel[..., 1:].reshape(2, -1, *up_grid), grid).reshape(2, 3, 1 + n_up, n)], -1)
     keys = keys.transpose(-1, -2)  # (2, 3, 1 + N, 1 + N_up): now resize the queries the same way
     both = torch.cat([keys[..., :1], dvt.area_resize(keys[..., 1:].reshape(2, -1, *up_grid), grid).reshape(2, 3, 1 + n, n)], -1)
