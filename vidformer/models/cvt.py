@@ -39,7 +39,8 @@ class QuickGELU(nn.Module):
 
     Without a gradient the product goes in place into the sigmoid's output. `value_and_grad` is what the
     shared Mlp's training path calls (it keeps the activation's input and recomputes it in backward):
-    d/dx = s + 1.702 x s (1 - s) for s = sigmoid(1.702 x), in five passes where autograd took eleven.
+    d/dx = s + 1.702 x s (1 - s) for s = sigmoid(1.702 x): six passes with the value, where recomputing through
+    autograd took eight and a nested autograd call.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -137,10 +138,11 @@ class ConvProjection(nn.Module):
 class ConvAttention(nn.Module):
     """Multi-head attention whose Q/K/V come from convolutional projections of the token grid.
 
-    The cls token skips the convolutions and joins Q, K and V before their linear projections. With
-    `cls_frame_bias`, the cls key's score gets + log(T_kv) (T_kv = frames of the K/V grid): it then
-    weighs as if repeated once per frame, like every spatial key of a static clip, so a static clip
-    attends exactly as its single frame does in the image model (a no-op at T_kv = 1).
+    The cls token skips the convolutions and joins Q, K and V after their linear projections (row-wise, so
+    where it joins does not change the values). With `cls_frame_bias`, the cls key's score gets + log(T_kv)
+    (T_kv = frames of the K/V grid): it then weighs as if repeated once per frame, like every spatial key of
+    a static clip, so a static clip attends exactly as its single frame does in the image model (a no-op at
+    T_kv = 1).
     """
 
     def __init__(self, dim: int, num_heads: int, proj_kernel, kv_stride, attn_scale: str = "embed_dim",
